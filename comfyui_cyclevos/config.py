@@ -1,0 +1,83 @@
+"""Typed hyperparameters with the paper's names and defaults. A checkpoint carries its ModelConfig."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the STM-cycle network.
+
+    encoder: ``lite0`` (default, EfficientNet-Lite0), ``resnet18`` or ``resnet50``.
+    memory_encoder: ``fused`` reuses the frame's own encoder features and adds the masks through a small
+      convolutional branch, so the memory key is the frame's query key (mask-independent) and only the
+      value depends on the mask: one backbone pass per frame, and gradient correction only differentiates
+      the small branch. ``stm`` is the original STM design: a second backbone fed frame + masks.
+    second_mask: what the memory encoder's second mask channel holds: ``others`` (union of the other
+      objects, as STM) or ``background`` (1 - mask, as the released STM-cycle code).
+    """
+
+    encoder: str = "lite0"
+    memory_encoder: str = "fused"
+    second_mask: str = "others"
+    key_dim: int = 64
+    value_dim: int = 128
+    decoder_dims: tuple[int, int, int] = (128, 64, 32)  # at 1/16, 1/8, 1/4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        d = dict(d)
+        if "decoder_dims" in d:
+            d["decoder_dims"] = tuple(d["decoder_dims"])
+        return cls(**d)
+
+
+@dataclass
+class CorrectionConfig:
+    """Gradient correction, paper Eq. 5: every K-th frame, N steps of rate alpha on the soft mask.
+
+    The loss (Eq. 4) is a per-pixel *mean* cross-entropy plus gamma * (1 - soft IoU), so alpha is large.
+    """
+
+    enabled: bool = True
+    K: int = 5
+    N: int = 10
+    alpha: float = 150.0
+    gamma: float = 1.0
+
+
+@dataclass
+class MemoryConfig:
+    """Memory schedule: first frame permanent, every K-th frame added, the previous frame temporary,
+    at most ``capacity`` non-permanent entries (oldest dropped first)."""
+
+    K: int = 5
+    capacity: int = 16
+    use_first: bool = True
+    use_previous: bool = True
+    use_every_k: bool = True
+
+
+@dataclass
+class InferenceConfig:
+    """Everything the engine needs besides the network."""
+
+    size: int = 240  # processing short side, the paper's
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    correction: CorrectionConfig = field(default_factory=CorrectionConfig)
+
+
+@dataclass
+class CycleERFConfig:
+    """Cycle-ERF, paper Eq. 6: M gradient steps from an all-zero mask on the reference frame."""
+
+    M: int = 50
+    alpha: float = 150.0
+    gamma: float = 1.0

@@ -1,0 +1,307 @@
+"""The STM-cycle network (paper §3.1, built on STM): stateless; the engine owns all inference state.
+
+Frames enter as RGB floats in 0..1 with height and width multiples of 16; masks as soft masks in 0..1.
+Shapes: B batch, O objects, T memory frames, Ck/Cv key/value channels, h, w = H/16, W/16.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class FrameFeatures:
+    """What the query encoder computes once per frame; every later use of that frame shares it.
+
+    ``skips`` (the decoder's skip branches) and ``image_part`` (the fused memory encoder's image terms)
+    depend on the frame alone, so they are computed once per frame rather than once per object or per
+    gradient-correction step.
+    """
+
+    key: torch.Tensor  # (B, Ck, h, w)
+    value: torch.Tensor  # (B, Cv, h, w)
+    f16: torch.Tensor  # (B, C16, h, w)
+    f8: torch.Tensor  # (B, C8, H/8, W/8)
+    f4: torch.Tensor  # (B, C4, H/4, W/4)
+    skips: tuple[torch.Tensor, torch.Tensor]  # decoder skip branches at 1/8 and 1/4
+    image_part: tuple[torch.Tensor, ...] | None  # fused memory encoder's image terms, or None (stm)
+
+    def select(self, index) -> "FrameFeatures":
+        """The features of some frames of a batch (``index`` as for tensor indexing on dim 0)."""
+
+        def pick(t):
+            if t is None:
+                return None
+            if isinstance(t, tuple):
+                return tuple(pick(x) for x in t)
+            return t[index]
+
+        return FrameFeatures(*(pick(getattr(self, f.name)) for f in fields(self)))
+
+
+def make_backbone(name: str, in_extra: int = 0) -> nn.Module:
+    """Encoders return (f4, f8, f16); ``in_extra`` > 0 asks for extra mask input channels (STM memory)."""
+    if name == "lite0":
+        from .backbones.efficientnet_lite import EfficientNetLite0
+
+        if in_extra:
+            raise ValueError("the lite0 encoder only supports memory_encoder='fused'")
+        return EfficientNetLite0()
+    if name in ("resnet18", "resnet50"):
+        from .backbones.resnet import ResNet
+
+        return ResNet(name, in_extra=in_extra)
+    raise ValueError(f"unknown encoder {name!r}: choose lite0, resnet18 or resnet50")
+
+
+class ResBlock(nn.Module):
+    """STM's pre-activation residual block (no normalisation)."""
+
+    def __init__(self, cin: int, cout: int | None = None):
+        super().__init__()
+        cout = cout or cin
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 3, padding=1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.conv2(F.relu(self.conv1(F.relu(x))))
+        return (x if self.skip is None else self.skip(x)) + r
+
+
+class Refine(nn.Module):
+    """STM's refinement: skip features to ``dim`` channels, plus the upsampled coarser map."""
+
+    def __init__(self, skip_dim: int, coarse_dim: int, dim: int):
+        super().__init__()
+        self.conv_skip = nn.Conv2d(skip_dim, dim, 3, padding=1)
+        self.res_skip = ResBlock(dim)
+        self.proj = nn.Conv2d(coarse_dim, dim, 1) if coarse_dim != dim else None
+        self.res_out = ResBlock(dim)
+
+    def skip_branch(self, skip: torch.Tensor) -> torch.Tensor:
+        return self.res_skip(self.conv_skip(skip))
+
+    def forward(self, s: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """``s`` is ``skip_branch(skip)``, computed once per frame."""
+        if self.proj is not None:
+            coarse = self.proj(coarse)
+        m = s + F.interpolate(coarse, size=s.shape[-2:], mode="bilinear", align_corners=False)
+        return self.res_out(m)
+
+
+class Decoder(nn.Module):
+    """1/16 -> 1/8 -> 1/4 -> one logit per pixel, bilinearly upsampled x4 to the input size."""
+
+    def __init__(self, cin: int, skip_dims: tuple[int, int], dims: tuple[int, int, int]):
+        super().__init__()
+        d16, d8, d4 = dims
+        self.conv_in = nn.Conv2d(cin, d16, 3, padding=1)
+        self.res_in = ResBlock(d16)
+        self.rf8 = Refine(skip_dims[1], d16, d8)
+        self.rf4 = Refine(skip_dims[0], d8, d4)
+        self.pred = nn.Conv2d(d4, 1, 3, padding=1)
+
+    def skips(self, f8: torch.Tensor, f4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frame-only part of the decoder: (N, d8, H/8, W/8), (N, d4, H/4, W/4)."""
+        return self.rf8.skip_branch(f8), self.rf4.skip_branch(f4)
+
+    def forward(self, x: torch.Tensor, s8: torch.Tensor, s4: torch.Tensor) -> torch.Tensor:
+        x = self.res_in(self.conv_in(x))  # (N, d16, h, w)
+        x = self.rf8(s8, x)  # (N, d8, H/8, W/8)
+        x = self.rf4(s4, x)  # (N, d4, H/4, W/4)
+        x = self.pred(F.relu(x))  # (N, 1, H/4, W/4)
+        return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)[:, 0]  # (N, H, W)
+
+
+class FusedMaskEncoder(nn.Module):
+    """Memory value from the frame's own encoder features plus its two mask channels.
+
+    The masks go through two stride-2 convolutions to 1/4 and are fused with the encoder's features at
+    1/4, 1/8 and 1/16. Each fusion is a convolution over [mask features, image features]; by linearity
+    it splits into a mask term plus an image term, and the image term (``image_part``) is computed once
+    per frame. The gradient with respect to the mask (correction, cycle-ERF) never enters the backbone.
+    """
+
+    def __init__(self, feat_dims: tuple[int, int, int], value_dim: int):
+        super().__init__()
+        c4, c8, c16 = feat_dims
+        self.stem = nn.Sequential(
+            nn.Conv2d(2, 16, 3, 2, 1), nn.ReLU(inplace=True), nn.Conv2d(16, 16, 3, 2, 1), nn.ReLU(inplace=True)
+        )
+        self.fuse4 = nn.Conv2d(16 + c4, 32, 3, padding=1)
+        self.down8 = nn.Conv2d(32, 48, 3, 2, 1)
+        self.fuse8 = nn.Conv2d(48 + c8, 64, 3, padding=1)
+        self.down16 = nn.Conv2d(64, 96, 3, 2, 1)
+        self.fuse16 = nn.Conv2d(96 + c16, value_dim, 3, padding=1)
+        self.res = ResBlock(value_dim)
+        self._split = (16, 48, 96)  # mask-feature channels of fuse4, fuse8, fuse16
+
+    def image_part(self, f4: torch.Tensor, f8: torch.Tensor, f16: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Image terms of the three fusions (with their biases): (B, 32, H/4, W/4), (B, 64, H/8, W/8),
+        (B, Cv, h, w)."""
+        out = []
+        for conv, n, f in zip((self.fuse4, self.fuse8, self.fuse16), self._split, (f4, f8, f16)):
+            out.append(F.conv2d(f, conv.weight[:, n:], conv.bias, padding=1))
+        return tuple(out)
+
+    def forward(self, masks2: torch.Tensor, image_part: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        # masks2: (N, 2, H, W); image_part already repeated per object
+        g4, g8, g16 = image_part
+
+        def fuse(conv: nn.Conv2d, n: int, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(x, conv.weight[:, :n], None, padding=1) + g
+
+        x = self.stem(masks2)  # (N, 16, H/4, W/4)
+        x = F.relu(fuse(self.fuse4, 16, x, g4))  # (N, 32, H/4, W/4)
+        x = F.relu(self.down8(x))  # (N, 48, H/8, W/8)
+        x = F.relu(fuse(self.fuse8, 48, x, g8))  # (N, 64, H/8, W/8)
+        x = F.relu(self.down16(x))  # (N, 96, h, w)
+        x = fuse(self.fuse16, 96, x, g16)  # (N, Cv, h, w)
+        return self.res(x)
+
+
+def second_mask_channel(masks: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, O, H, W) -> (B, O, H, W): the union of the other objects (STM) or the background (STM-cycle).
+    Both are clamped to [0, 1] as the originals do: corrected masks may leave that range."""
+    if mode == "background":
+        return (1.0 - masks).clamp(0.0, 1.0)
+    if mode == "others":
+        return (masks.sum(1, keepdim=True) - masks).clamp(0.0, 1.0)
+    raise ValueError(f"unknown second_mask {mode!r}: choose 'others' or 'background'")
+
+
+def soft_aggregate(probs: torch.Tensor) -> torch.Tensor:
+    """STM's soft aggregation of per-object foreground probabilities (B, O, H, W) into a distribution
+    over background + objects (B, O+1, H, W) that sums to 1 at every pixel."""
+    bg = torch.prod(1.0 - probs, dim=1, keepdim=True)
+    em = torch.cat([bg, probs], 1).clamp(1e-7, 1 - 1e-7)
+    logit = torch.log(em / (1 - em))
+    return torch.softmax(logit, dim=1)
+
+
+class CycleVOSNet(nn.Module):
+    """Stateless STM-cycle network: ``memorize`` and ``segment`` are all the engine, the training loop,
+    gradient correction and cycle-ERF need."""
+
+    def __init__(self, config: ModelConfig = ModelConfig()):
+        super().__init__()
+        self.config = config
+        if config.memory_encoder not in ("fused", "stm"):
+            raise ValueError(f"unknown memory_encoder {config.memory_encoder!r}: choose fused or stm")
+        self.encoder = make_backbone(config.encoder)
+        c4, c8, c16 = self.encoder.channels
+        self.key_q = nn.Conv2d(c16, config.key_dim, 3, padding=1)
+        self.value_q = nn.Conv2d(c16, config.value_dim, 3, padding=1)
+        if config.memory_encoder == "fused":
+            self.mask_encoder = FusedMaskEncoder((c4, c8, c16), config.value_dim)
+        else:
+            self.memory_backbone = make_backbone(config.encoder, in_extra=2)
+            self.key_m = nn.Conv2d(c16, config.key_dim, 3, padding=1)
+            self.value_m = nn.Conv2d(c16, config.value_dim, 3, padding=1)
+        self.decoder = Decoder(2 * config.value_dim, (c4, c8), config.decoder_dims)
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "CycleVOSNet":
+        """Batch-norm statistics of the pretrained encoders stay frozen: training batches are tiny."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def normalize(self, frame: torch.Tensor) -> torch.Tensor:
+        if frame.shape[-2] % 16 or frame.shape[-1] % 16:
+            raise ValueError(f"frame size {tuple(frame.shape[-2:])} is not a multiple of 16")
+        return (frame - self.mean) / self.std
+
+    def encode_frame(self, frame: torch.Tensor) -> FrameFeatures:
+        """Query encoder: frame (B, 3, H, W) -> key and value at 1/16, skips at 1/8 and 1/4, and the
+        frame-only terms of the decoder and of the fused memory encoder."""
+        f4, f8, f16 = self.encoder(self.normalize(frame))
+        image_part = self.mask_encoder.image_part(f4, f8, f16) if self.config.memory_encoder == "fused" else None
+        return FrameFeatures(self.key_q(f16), self.value_q(f16), f16, f8, f4, self.decoder.skips(f8, f4), image_part)
+
+    def memorize(
+        self, frame: torch.Tensor, masks: torch.Tensor, features: FrameFeatures | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory encoder: frame (B, 3, H, W) and soft masks (B, O, H, W) -> keys (B, Ok, Ck, h, w) and
+        values (B, O, Cv, h, w). Ok is 1 for the fused encoder, whose key is the frame's query key and is
+        shared by all objects, and O for the STM encoder. ``features`` (``encode_frame`` of the same
+        frame) saves the backbone pass of the fused encoder."""
+        B, O, H, W = masks.shape
+        masks2 = torch.stack([masks, second_mask_channel(masks, self.config.second_mask)], 2)  # (B, O, 2, H, W)
+        masks2 = masks2.flatten(0, 1)  # (B*O, 2, H, W)
+        if self.config.memory_encoder == "fused":
+            if features is None:
+                features = self.encode_frame(frame)
+            image_part = tuple(t.repeat_interleave(O, dim=0) for t in features.image_part)  # (B*O, C, ...)
+            value = self.mask_encoder(masks2, image_part)  # (B*O, Cv, h, w)
+            return features.key.unsqueeze(1), value.view(B, O, *value.shape[1:])
+        x = self.normalize(frame).repeat_interleave(O, dim=0)  # (B*O, 3, H, W)
+        _, _, f16 = self.memory_backbone(x, masks2)  # (B*O, C16, h, w)
+        key, value = self.key_m(f16), self.value_m(f16)
+        return key.view(B, O, *key.shape[1:]), value.view(B, O, *value.shape[1:])
+
+    @staticmethod
+    def affinity(mem_keys: torch.Tensor, query_key: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Memory read weights: softmax over all T*h*w memory positions of k_m^T k_q / sqrt(Ck).
+
+        mem_keys (B, Ok, T, Ck, h, w), query_key (B, Ck, h, w) -> (B, Ok', T*h*w, h*w). ``valid``
+        (B, O, T) bool leaves out memory frames that hold no value for an object (an object added later);
+        then the weights are per object (Ok' = O), otherwise Ok' = Ok."""
+        B, Ok, T, Ck, h, w = mem_keys.shape
+        km = mem_keys.permute(0, 1, 3, 2, 4, 5).reshape(B * Ok, Ck, T * h * w)  # (B*Ok, Ck, THW)
+        kq = query_key.repeat_interleave(Ok, dim=0).reshape(B * Ok, Ck, h * w)  # (B*Ok, Ck, hw)
+        logits = torch.bmm(km.transpose(1, 2), kq).view(B, Ok, T * h * w, h * w) / math.sqrt(Ck)
+        if valid is not None and not bool(valid.all()):
+            O = valid.shape[1]
+            keep = valid[:, :, :, None].expand(B, O, T, h * w).reshape(B, O, T * h * w, 1)
+            logits = logits.expand(B, O, T * h * w, h * w).masked_fill(~keep, float("-inf"))
+        return torch.softmax(logits, dim=2)
+
+    @staticmethod
+    def read(p: torch.Tensor, mem_values: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of memory values: p (B, 1 or O, THW, hw), mem_values (B, O, T, Cv, h, w) ->
+        (B, O, Cv, h, w)."""
+        B, O, T, Cv, h, w = mem_values.shape
+        vm = mem_values.permute(0, 1, 3, 2, 4, 5).reshape(B, O, Cv, T * h * w)  # (B, O, Cv, THW)
+        if p.shape[1] == 1:  # weights shared by all objects: one matrix product for all of them
+            out = torch.bmm(vm.reshape(B, O * Cv, T * h * w), p[:, 0])  # (B, O*Cv, hw)
+        else:
+            out = torch.bmm(vm.flatten(0, 1), p.flatten(0, 1))  # (B*O, Cv, hw)
+        return out.view(B, O, Cv, h, w)
+
+    def segment(
+        self,
+        frame: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        features: FrameFeatures | None = None,
+        valid: torch.Tensor | None = None,
+        affinity: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict every object on ``frame`` from memory: keys (B, Ok, T, Ck, h, w), values
+        (B, O, T, Cv, h, w) -> per-object logits (B, O, H, W). Combine objects with ``soft_aggregate``.
+        ``affinity`` (from ``affinity``) may be passed when the keys are known not to change (the fused
+        encoder's keys do not depend on the mask: gradient correction and cycle-ERF reuse it)."""
+        if features is None:
+            features = self.encode_frame(frame)
+        B, O = values.shape[:2]
+        if affinity is None:
+            affinity = self.affinity(keys, features.key, valid)
+        readout = self.read(affinity, values).flatten(0, 1)  # (B*O, Cv, h, w)
+        x = torch.cat([readout, features.value.repeat_interleave(O, dim=0)], 1)  # (B*O, 2Cv, h, w)
+        s8, s4 = (t.repeat_interleave(O, dim=0) for t in features.skips)
+        logits = self.decoder(x, s8, s4)  # (B*O, H, W)
+        return logits.view(B, O, *logits.shape[-2:])

@@ -1,0 +1,127 @@
+"""The whole job behind ``cyclevos segment``: stream a video through the engine and write one palette
+PNG per frame into a folder that appears under its final name only once every frame is written."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .config import InferenceConfig
+from .errors import InputError
+from .network import CycleVOSNet
+from .propagate import InferenceCore
+from .video_io import FrameSource, MaskVideoWriter, OverlayVideoWriter, check_mask, overlay, write_palette_png
+
+DONE_FILE = "cyclevos.json"  # written last: its presence marks a complete output folder
+
+
+@dataclass
+class RunStats:
+    frames: int
+    objects: list[int]
+    seconds: float
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("nan")
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse to replace anything but an empty folder or a finished cyclevos output."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DONE_FILE).is_file())):
+        raise InputError(f"{out} exists and is not a cyclevos output folder: choose another --out or remove it")
+
+
+def _prepare_out_dir(out: Path) -> Path:
+    """A fresh ``OUT.partial`` folder beside ``out``."""
+    check_output_dir(out)
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def segment_video(
+    net: CycleVOSNet,
+    source: FrameSource,
+    first_mask: np.ndarray,
+    out_dir: str | os.PathLike,
+    config: InferenceConfig | None = None,
+    device: torch.device | None = None,
+    overlay_path: str | os.PathLike | None = None,
+    mask_video_path: str | os.PathLike | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RunStats:
+    """Segment every frame of ``source`` from ``first_mask`` (ids on its first frame) into ``out_dir``.
+
+    The PNGs go to ``out_dir.partial`` and the folder is renamed to ``out_dir`` after the last frame
+    (with a ``cyclevos.json`` summary); an error or an interruption leaves only the ``.partial`` folder.
+    """
+    out = Path(out_dir)
+    objects = check_mask(first_mask, source.size, "the first-frame mask")
+    partial = _prepare_out_dir(out)
+    engine = InferenceCore(net, config, device)
+    written = 0
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        ov = stack.enter_context(OverlayVideoWriter(overlay_path, source.fps, source.size)) if overlay_path else None
+        mv = stack.enter_context(MaskVideoWriter(mask_video_path, source.fps, source.size)) if mask_video_path else None
+        for i, (stem, frame) in enumerate(source):
+            probs = engine.step(frame, first_mask if i == 0 else None)
+            ids = engine.labels(probs)
+            write_palette_png(partial / f"{stem}.png", ids)
+            if ov is not None:
+                ov.write(overlay(frame, ids))
+            if mv is not None:
+                mv.write(ids)
+            written += 1
+            if progress is not None:
+                progress(1)
+    seconds = time.perf_counter() - t0
+    expected = len(source)
+    if written != expected:
+        raise InputError(f"{source.path} yielded {written} of its {expected} frames: the video is truncated or damaged; re-encode it")
+    stats = RunStats(written, objects, seconds)
+    summary = {"input": str(source.path), "frames": written, "objects": objects, "seconds": round(seconds, 3),
+               "fps": round(stats.fps, 3), "config": asdict(engine.config), "model": net.config.to_dict()}
+    (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    return stats
+
+
+def segment_davis(
+    net: CycleVOSNet,
+    data: str | os.PathLike,
+    names: list[str],
+    out_root: str | os.PathLike,
+    config: InferenceConfig | None = None,
+    device: torch.device | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunStats:
+    """Segment DAVIS-layout sequences from their first annotation into ``out_root/SEQ``; the returned
+    stats add up the frames and seconds of all sequences."""
+    from .davis import sequence_paths
+    from .video_io import open_frames, read_mask
+
+    total = RunStats(0, [], 0.0)
+    for name in names:
+        frame_paths, annotations = sequence_paths(data, name)
+        if not annotations:
+            raise InputError(f"sequence {name} has no annotation: the first frame's mask is needed")
+        stats = segment_video(net, open_frames(frame_paths[0].parent), read_mask(annotations[0]), Path(out_root) / name, config, device)
+        if log is not None:
+            log(f"{name}: {stats.frames} frames, {stats.fps:.2f} frames/s")
+        total.frames += stats.frames
+        total.seconds += stats.seconds
+    return total

@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import torch
+
+from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
+from comfyui_cyclevos.errors import InputError
+from comfyui_cyclevos.memory import MemoryBank, MemoryEntry
+from comfyui_cyclevos.network import CycleVOSNet
+from comfyui_cyclevos.propagate import InferenceCore
+
+from conftest import moving_square_clip
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return CycleVOSNet().eval()
+
+
+def engine(net, **memory):
+    return InferenceCore(net, InferenceConfig(size=64, memory=MemoryConfig(**memory), correction=CorrectionConfig(enabled=False)))
+
+
+def test_output_is_at_the_frame_size_and_a_distribution(net):
+    frames, labels = moving_square_clip(n=4, H=50, W=90, objects=2)
+    eng = engine(net)
+    first = eng.step(frames[0], labels[0])
+    assert first.shape == (3, 50, 90)
+    assert (eng.labels(first) == labels[0]).all()  # the given mask comes back exactly
+    for f in frames[1:]:
+        p = eng.step(f)
+        assert p.shape == (3, 50, 90) and p.dtype == torch.float32
+        assert torch.allclose(p.sum(0), torch.ones(50, 90), atol=1e-4)
+    assert eng.object_ids == [1, 2]
+
+
+def test_memory_stays_within_capacity(net):
+    frames, labels = moving_square_clip(n=30)
+    eng = engine(net, K=2, capacity=3)
+    eng.step(frames[0], labels[0])
+    sizes = []
+    for f in frames[1:]:
+        eng.step(f)
+        sizes.append(len(eng.memory))
+        kinds = [e.kind for e in eng.memory.all_entries()]
+        assert kinds.count("first") == 1
+        assert sum(k == "periodic" for k in kinds) <= 3
+    assert max(sizes) == 1 + 3 + 1  # first + capacity + temporary previous frame
+    # the oldest periodic entries were dropped, the newest kept
+    periodic = [e.frame_index for e in eng.memory.entries if e.kind == "periodic"]
+    assert periodic == [24, 26, 28]
+
+
+def test_memory_bank_drops_oldest_non_first():
+    bank = MemoryBank(MemoryConfig(capacity=2))
+    mk = lambda i, kind: MemoryEntry(i, kind, torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 1, 1), torch.ones(1, dtype=torch.bool))
+    bank.add(mk(0, "first"))
+    bank.add(mk(3, "user"))
+    bank.add(mk(5, "periodic"))
+    bank.add(mk(10, "periodic"))
+    assert [e.frame_index for e in bank.entries] == [0, 3, 10]  # periodic goes before user
+    bank.add(mk(12, "user"))
+    assert [e.frame_index for e in bank.entries] == [0, 3, 12]
+
+
+def test_object_added_on_a_later_frame(net):
+    frames, labels = moving_square_clip(n=6, objects=2)
+    eng = engine(net)
+    only_first = np.where(labels[0] == 1, 1, 0).astype(np.uint8)
+    eng.step(frames[0], only_first)
+    eng.step(frames[1])
+    p = eng.step(frames[2], np.where(labels[2] == 2, 7, 0).astype(np.uint8))
+    assert eng.object_ids == [1, 7]
+    assert p.shape[0] == 3
+    ids = eng.labels(p)
+    assert (ids[labels[2] == 2] == 7).all()
+    # older memory frames hold no value for the new object
+    valid = {e.frame_index: e.valid.tolist() for e in eng.memory.all_entries()}
+    assert valid[0] == [True, False] and valid[2] == [True, True]
+    p = eng.step(frames[3])
+    assert p.shape[0] == 3
+
+
+def test_mask_on_a_later_frame_takes_over(net):
+    frames, labels = moving_square_clip(n=5)
+    eng = engine(net)
+    eng.step(frames[0], labels[0])
+    eng.step(frames[1])
+    fix = np.zeros_like(labels[2])
+    fix[30:50, 40:70] = 1  # the user says object 1 is here on frame 2
+    p = eng.step(frames[2], fix)
+    ids = eng.labels(p)
+    assert (ids == fix).all()
+    assert eng.memory.entries[-1].kind == "user" and eng.memory.entries[-1].frame_index == 2
+
+
+def test_box_masks_on_later_frames_are_detected_as_coarse(net):
+    from comfyui_cyclevos.propagate import box_shaped
+
+    box = torch.zeros(1, 20, 20, dtype=torch.bool)
+    box[0, 3:9, 4:15] = True
+    assert box_shaped(box)
+    blob = box.clone()
+    blob[0, 3, 4] = False
+    blob[0, 3:5, 4:6] = False
+    assert not box_shaped(blob)
+
+
+@pytest.mark.parametrize("problem", ["size", "empty", "ids", "first"])
+def test_bad_masks_give_one_line_errors(net, problem):
+    frames, labels = moving_square_clip(n=2)
+    eng = engine(net)
+    if problem == "size":
+        with pytest.raises(InputError, match="resize the mask"):
+            eng.step(frames[0], labels[0][:-1])
+    elif problem == "empty":
+        with pytest.raises(InputError, match="empty"):
+            eng.step(frames[0], np.zeros_like(labels[0]))
+    elif problem == "ids":
+        too_many = labels[0].astype(np.int32)
+        too_many[0, 0] = 256
+        with pytest.raises(InputError, match="1..255"):
+            eng.step(frames[0], too_many)
+    else:
+        with pytest.raises(InputError, match="first frame needs a mask"):
+            eng.step(frames[0])
+
+
+def test_frames_of_another_size_are_refused(net):
+    frames, labels = moving_square_clip(n=2)
+    eng = engine(net)
+    eng.step(frames[0], labels[0])
+    with pytest.raises(InputError, match="one size"):
+        eng.step(frames[1][:, :-2])
+
+
+def test_engine_runs_inside_inference_mode_with_correction(net):
+    frames, labels = moving_square_clip(n=6)
+    eng = InferenceCore(net, InferenceConfig(size=64, correction=CorrectionConfig(K=2, N=2)))
+    with torch.inference_mode():
+        eng.step(frames[0], labels[0])
+        for f in frames[1:]:
+            p = eng.step(f)
+    assert torch.isfinite(p).all()
