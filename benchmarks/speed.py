@@ -1,6 +1,10 @@
 """Frames per second at 240p for 1 and 5 objects, with and without gradient correction, in one run.
 
     python benchmarks/speed.py [--weights PATH] [--frames 60] [--device auto]
+    python benchmarks/speed.py --arch lite0,resnet18,resnet50     # architectures side by side
+
+With --arch, each architecture runs with random weights (speed does not depend on them): lite0 with the
+shipped widths, the ResNets as the paper's STM (key 128, value 512, decoder 256).
 
 Uses the bundled demo clip (426x240); the 5-object case splits its mask into 5 vertical bands. Times the
 engine's ``step`` only (decoding and writing excluded), after 3 warm-up frames.
@@ -18,7 +22,8 @@ from machine import machine
 
 from comfyui_cyclevos.checkpoint import default_weights_path, load_checkpoint
 from comfyui_cyclevos.cli import demo_clip
-from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig
+from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, ModelConfig
+from comfyui_cyclevos.network import CycleVOSNet
 from comfyui_cyclevos.device import pick_device
 from comfyui_cyclevos.propagate import InferenceCore
 from comfyui_cyclevos.video_io import open_frames, read_mask
@@ -51,31 +56,43 @@ def fps(net, frames, mask, gc: bool, device, warmup: int = 3) -> float:
     return len(timed) / (time.perf_counter() - t)
 
 
+def architecture(name: str) -> ModelConfig:
+    if name == "lite0":
+        return ModelConfig()
+    return ModelConfig(encoder=name, memory_encoder="stm", key_dim=128, value_dim=512, decoder_dims=(256, 256, 256))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--arch", default=None, help="comma-separated architectures to compare with random weights")
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--device", default="auto")
     a = ap.parse_args()
     device = pick_device(a.device)
-    weights = a.weights or default_weights_path()
-    net = load_checkpoint(weights, device)
+    if a.arch:
+        nets = [(name, CycleVOSNet(architecture(name)).to(device).eval()) for name in a.arch.split(",")]
+    else:
+        weights = a.weights or default_weights_path()
+        nets = [(weights.name, load_checkpoint(weights, device))]
     clip, mask_path = demo_clip()
     frames = [f for _, f in zip(range(a.frames), (fr for _, fr in open_frames(clip)))]
     one = read_mask(mask_path)
     five = five_objects(one)
-    with torch.inference_mode():
-        r = {
-            "1": fps(net, frames, one, False, device),
-            "1+gc": fps(net, frames, one, True, device),
-            "5": fps(net, frames, five, False, device),
-            "5+gc": fps(net, frames, five, True, device),
-        }
-    print(
-        f"speed 240p ({net.config.encoder}, {weights.name}): 1 object {r['1']:.1f} fps, with GC {r['1+gc']:.1f} fps "
-        f"(GC slowdown {r['1'] / r['1+gc']:.2f}x); 5 objects {r['5']:.1f} fps, with GC {r['5+gc']:.1f} fps "
-        f"(GC slowdown {r['5'] / r['5+gc']:.2f}x) | {machine()}"
-    )
+    for label, net in nets:
+        with torch.inference_mode():
+            r = {
+                "1": fps(net, frames, one, False, device),
+                "1+gc": fps(net, frames, one, True, device),
+                "5": fps(net, frames, five, False, device),
+                "5+gc": fps(net, frames, five, True, device),
+            }
+        print(
+            f"speed 240p ({net.config.encoder}, {label}): 1 object {r['1']:.1f} fps, with GC {r['1+gc']:.1f} fps "
+            f"(GC slowdown {r['1'] / r['1+gc']:.2f}x); 5 objects {r['5']:.1f} fps, with GC {r['5+gc']:.1f} fps "
+            f"(GC slowdown {r['5'] / r['5+gc']:.2f}x) | {machine()}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,14 @@ def save_checkpoint(path: str | Path, net: CycleVOSNet, extra: dict | None = Non
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> CycleVOSNet:
-    path = Path(path)
+    """The network of a checkpoint, in eval mode on ``device``. Its weights are ordinary tensors even when
+    loaded inside ``torch.inference_mode()`` (as in ComfyUI), so gradient correction and cycle-ERF, which
+    differentiate through the network, can use it there."""
+    with torch.inference_mode(False):
+        return _load_checkpoint(Path(path), device)
+
+
+def _load_checkpoint(path: Path, device: torch.device | str) -> CycleVOSNet:
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found: pass --weights PATH to a cyclevos checkpoint, or reinstall the pack to restore weights/")
     try:
@@ -52,3 +59,11 @@ def default_weights_path() -> Path:
     here = Path(__file__).resolve().parent
     candidates = (here / "weights" / DEFAULT_WEIGHTS, here.parent / "weights" / DEFAULT_WEIGHTS)
     return next((p for p in candidates if p.is_file()), candidates[-1])
+
+
+def export(src: str | Path, dst: str | Path, **meta) -> Path:
+    """Ship a training checkpoint: fp16 tensors, with extra metadata (e.g. the measured ``gc_rate``)."""
+    payload = torch.load(src, map_location="cpu", weights_only=True)
+    net = load_checkpoint(src)
+    save_checkpoint(dst, net, extra={**payload.get("meta", {}), **meta}, half=True)
+    return Path(dst)

@@ -10,15 +10,21 @@ Everything that does not depend on Y^_t is computed once: both frames' encoder f
 skip branches, and, with the fused memory encoder (mask-independent keys), the read weights; each step
 then runs only the mask branch of the memory encoder and the decoder, forward and backward.
 
+``correct_sequence`` applies the same update after the fact to any mask sequence (this engine's or another
+tool's), frame by frame against one reference frame and its mask.
+
 It works inside ``torch.inference_mode()`` (ComfyUI runs every node there): it switches inference mode
 off locally and clones any inference tensor it receives.
 """
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Callable
 
 import torch
 
+from .errors import InputError
+from .geometry import Geometry
 from .losses import mask_loss
 from .network import CycleVOSNet, FrameFeatures, soft_aggregate
 
@@ -97,3 +103,70 @@ def gradient_correct(
                 losses.append(float(reconstruction_loss(net, masks, frame, features, ref_frame, ref_features, ref_masks, gamma, affinity)))
             return masks, losses
     return masks
+
+
+def correct_sequence(
+    net: CycleVOSNet,
+    frames,
+    masks: torch.Tensor,
+    reference_index: int = 0,
+    reference_mask: torch.Tensor | None = None,
+    steps: int = 10,
+    alpha: float = 150.0,
+    gamma: float = 1.0,
+    every: int = 1,
+    size: int = 240,
+    device: torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Eq. 5 applied after the fact to ANY mask sequence (this engine's, SAM 2's, hand-drawn...).
+
+    frames: (T, H, W, 3) float tensor in 0..1 or uint8 array; masks: (T, H, W) soft or binary masks of
+    one object, or (T, O, H, W) of O objects, at the frames' size. Each frame t with
+    ``|t - reference_index| % every == 0`` (the reference itself excepted) is corrected on its own
+    (no memory is carried between frames) against the reference frame and its mask (``reference_mask``,
+    (H, W) or (O, H, W); default ``masks[reference_index]``). The correction is computed at a short
+    side of ``size`` and added to the mask at its own size as a difference, so edges and details are
+    kept wherever the gradient does not act. Returns (T, H, W) or (T, O, H, W) float32 in 0..1 on the CPU;
+    frames not corrected are returned unchanged.
+
+    ``progress(done, total)`` is called before each frame (done = frames finished so far) and may raise
+    to stop the run. Works inside ``torch.inference_mode()``.
+    """
+    single = masks.ndim == 3
+    m_all = (masks[:, None] if single else masks).float()
+    T, O, H, W = m_all.shape
+    if len(frames) != T:
+        raise InputError(f"{len(frames)} frames but {T} masks: give one mask per frame")
+    if not 0 <= reference_index < T:
+        raise InputError(f"reference frame {reference_index} does not exist: the video has {T} frames (0..{T - 1})")
+    if every < 1 or steps < 1:
+        raise InputError("every and steps must be at least 1")
+    ref = m_all[reference_index] if reference_mask is None else reference_mask.float()
+    ref = ref[None] if ref.ndim == 2 else ref
+    if tuple(ref.shape) != (O, H, W):
+        raise InputError(f"the reference mask is {tuple(ref.shape)} but the masks are {(O, H, W)} per frame: give it at the frames' size")
+    if not bool((ref > 0.5).any()):
+        raise InputError("the reference mask is empty: the reference frame needs the object drawn on it")
+    device = device or next(net.parameters()).device
+    net = net.eval()
+    geo = Geometry.for_frame(H, W, size)
+    out = m_all.detach().cpu().clone().clamp_(0, 1)
+    todo = [t for t in range(T) if t != reference_index and abs(t - reference_index) % every == 0]
+    with torch.no_grad():
+        ref_x = geo.frame_in(frames[reference_index], device)
+        ref_features = net.encode_frame(ref_x)
+        ref_m = geo.masks_in(ref.clamp(0, 1), device)
+    for done, t in enumerate(todo):
+        if progress is not None:
+            progress(done, len(todo))
+        with torch.no_grad():
+            x = geo.frame_in(frames[t], device)
+            features = net.encode_frame(x)
+            m_in = geo.masks_in(out[t], device)
+        corrected = gradient_correct(net, m_in, x, features, ref_x, ref_features, ref_m, steps, alpha, gamma)
+        delta = geo.maps_out(corrected - m_in)  # (O, H, W) at the frame's size
+        out[t] = (out[t] + delta).clamp_(0, 1)
+    if progress is not None:
+        progress(len(todo), len(todo))
+    return out[:, 0] if single else out

@@ -16,7 +16,8 @@ def to_frame_tensor(frame) -> torch.Tensor:
     if isinstance(frame, np.ndarray):
         if frame.ndim != 3 or frame.shape[2] != 3:
             raise InputError(f"a frame must be (H, W, 3) RGB, got shape {frame.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(frame))
+        frame = np.ascontiguousarray(frame)
+        t = torch.from_numpy(frame if frame.flags.writeable else frame.copy())  # decoders give read-only arrays
         t = t.float() / 255 if frame.dtype == np.uint8 else t.float()
     else:
         t = frame.float()

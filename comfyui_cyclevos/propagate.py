@@ -59,7 +59,7 @@ class InferenceCore:
         self.geometry: Geometry | None = None  # set by the first frame
 
     def _autocast(self):
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.config.fp16:
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 

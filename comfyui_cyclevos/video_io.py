@@ -353,6 +353,15 @@ def _ids_from_image(im: Image.Image) -> np.ndarray:
     return _colour_ids(rgb)
 
 
+def ids_from_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 ids from an (H, W, 3) uint8 picture of a mask, by the rules of ``read_mask`` for RGB
+    files: grey ids or a binary grey mask, else solid colours (DAVIS palette colours map to their index)."""
+    a = np.asarray(rgb)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise InputError(f"a colour mask must be (H, W, 3) uint8, got {a.shape} {a.dtype}")
+    return _ids_from_image(Image.fromarray(a, "RGB"))
+
+
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     """(H, W) uint8 object ids from a mask image; ids are kept as given (need not be contiguous).
 

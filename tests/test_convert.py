@@ -237,3 +237,24 @@ def test_load_pretrained_names_bad_keys(tmp_path):
     torch.save(state, tmp_path / "r18.pth")
     with pytest.raises(WeightsError, match="resnet50"):  # the wrong depth is refused, not half-loaded
         ResNet("resnet50").load_pretrained(tmp_path / "r18.pth")
+
+
+@pytest.mark.parametrize("gc", ["--gc", "--no-gc"])
+def test_converted_checkpoint_runs_cyclevos_segment(tmp_path, r18_state, clip_folder, gc):
+    """A converted STM-cycle ResNet-18 runs the whole command, with and without gradient correction."""
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from comfyui_cyclevos.cli import main
+
+    ckpt = tmp_path / "r18.pt"
+    convert(write_source(r18_state, tmp_path / "src.pth.tar", "stm-cycle"), ckpt, "stm-cycle")
+    frames, mask = clip_folder
+    args = ["segment", str(frames), "--mask", str(mask), "--out", str(tmp_path / "o"), "--weights", str(ckpt),
+            "--size", "64", gc, "--gc-every", "3", "--gc-steps", "2"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    pngs = sorted((tmp_path / "o").glob("*.png"))
+    assert len(pngs) == 8
+    assert all(np.asarray(Image.open(p)).shape == (64, 96) for p in pngs)

@@ -1,0 +1,88 @@
+"""Gradient correction (Eq. 5) and cycle-ERF (Eq. 6): mechanics on a random network, effects with the
+shipped weights on real DAVIS frames."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfyui_cyclevos.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
+from comfyui_cyclevos.config import CycleERFConfig
+from comfyui_cyclevos.correction import gradient_correct, normalize_objects
+from comfyui_cyclevos.cycle_erf import compute_cycle_erf
+from comfyui_cyclevos.davis import read_label_png, sequence_paths
+from comfyui_cyclevos.geometry import Geometry
+from comfyui_cyclevos.network import CycleVOSNet
+
+from conftest import shared_data
+
+
+@pytest.fixture(scope="module")
+def random_net():
+    torch.manual_seed(0)
+    return CycleVOSNet().eval()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    path = default_weights_path()
+    assert path.is_file(), f"{path} is missing: the shipped weights are part of the repository"
+    return load_checkpoint(path), float(checkpoint_meta(path)["gc_rate"])
+
+
+def test_correction_runs_inside_inference_mode_and_stays_in_range(random_net):
+    x0, x1 = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
+    m0, m1 = (torch.rand(1, 2, 64, 96) > 0.5).float(), torch.rand(1, 2, 64, 96)
+    with torch.inference_mode():
+        f0, f1 = random_net.encode_frame(x0), random_net.encode_frame(x1)
+        out, losses = gradient_correct(random_net, m1, x1, f1, x0, f0, m0, steps=3, alpha=1e4, return_losses=True)
+    assert out.shape == m1.shape and 0 <= out.min() and out.max() <= 1
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert not torch.equal(out, m1)  # the mask moved
+    assert torch.allclose(normalize_objects(out).sum(1), torch.ones(1, 64, 96), atol=1e-5)
+
+
+def test_cycle_erf_runs_inside_inference_mode(random_net):
+    a = (np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)
+    target = np.zeros((40, 60), bool)
+    target[10:30, 20:40] = True
+    with torch.inference_mode():
+        erf = compute_cycle_erf(random_net, a, a, target, size=48, config=CycleERFConfig(M=3))
+    assert erf.shape == (40, 60) and erf.dtype == np.float32
+    assert erf.min() >= 0 and erf.max() == pytest.approx(1.0)
+
+
+def _frames(seq: str, *idx: int):
+    frames, anns = sequence_paths(shared_data("davis2016", "dev-480p"), seq)
+    return [np.asarray(Image.open(frames[i]).convert("RGB")) for i in idx], [read_label_png(anns[i]) > 0 for i in idx]
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a > 0.5, b > 0.5
+    return float((a & b).sum() / (a | b).sum())
+
+
+@pytest.mark.parametrize("seq, t", [("camel", 30), ("blackswan", 20)])
+def test_correction_of_a_box_mask_lowers_the_loss_and_raises_the_iou(shipped, seq, t):
+    """Paper Table 5: a coarse (bounding box) mask for frame t, corrected against frame 0's mask."""
+    net, alpha = shipped
+    (f0, ft), (y0, yt) = _frames(seq, 0, t)
+    box = np.zeros_like(yt)
+    ys, xs = np.nonzero(yt)
+    box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+    geo = Geometry.for_frame(*yt.shape, 240)
+    with torch.inference_mode():
+        x0, xt = geo.frame_in(f0, "cpu"), geo.frame_in(ft, "cpu")
+        F0, Ft = net.encode_frame(x0), net.encode_frame(xt)
+        m0, mbox, mgt = (geo.masks_in(torch.from_numpy(m)[None], "cpu") for m in (y0, box, yt))
+        corrected, losses = gradient_correct(net, mbox, xt, Ft, x0, F0, m0, steps=10, alpha=alpha, return_losses=True)
+    assert losses[-1] < losses[0]
+    assert _iou(corrected, mgt) > _iou(mbox, mgt)
+
+
+def test_cycle_erf_on_camel_concentrates_on_the_object(shipped):
+    net, _ = shipped
+    (f0, f40), (y0, y40) = _frames("camel", 0, 40)
+    with torch.inference_mode():
+        erf = compute_cycle_erf(net, f0, f40, y40)
+    assert erf.shape == y0.shape
+    assert erf[y0].mean() >= 2 * erf[~y0].mean()

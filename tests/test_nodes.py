@@ -1,0 +1,460 @@
+"""The ComfyUI nodes, without ComfyUI: contracts, every node run on small tensors (also inside
+torch.inference_mode(), as ComfyUI runs them), the pack loaded the way ComfyUI loads custom nodes, the
+model cache, and the example workflows' wiring."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+import types
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+B, H, W = 6, 64, 96
+
+
+def _load_pack(module_path: Path = ROOT):
+    """As ComfyUI's nodes.load_custom_node: a path-derived module name, the folder not on sys.path."""
+    name = str(module_path).replace(".", "_x_")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, module_path / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+PACK = _load_pack()
+N = importlib.import_module(PACK.__name__ + ".nodes.cyclevos_nodes")
+M = N.NODE_CLASS_MAPPINGS
+
+
+def _errors():
+    return importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.errors")
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from comfyui_cyclevos.checkpoint import save_checkpoint
+    from comfyui_cyclevos.network import CycleVOSNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_checkpoint(path, CycleVOSNet(), extra={"gc_rate": 120.0})
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    with torch.inference_mode():  # as ComfyUI runs the loader: its weights must still work with autograd
+        (m,) = M["CycleVOSLoadModel"]().load(str(checkpoint), "cpu", "fp32")
+    assert not any(p.is_inference() for p in m.net.parameters())
+    return m
+
+
+def _ids() -> np.ndarray:
+    a = np.zeros((H, W), np.uint8)
+    a[8:30, 10:40] = 1
+    a[36:60, 50:90] = 2
+    return a
+
+
+@pytest.fixture(scope="module")
+def frames() -> torch.Tensor:
+    """A square and a rectangle drifting right over a gradient: IMAGE (B, H, W, 3)."""
+    f = torch.zeros(B, H, W, 3)
+    f[..., 1] = torch.linspace(0, 0.6, W)
+    for t in range(B):
+        f[t, 8:30, 10 + t:40 + t, 0] = 0.9
+        f[t, 36:60, 50 - t:90 - t, 2] = 0.8
+    return f
+
+
+@pytest.fixture(scope="module")
+def objects():
+    (obj, union) = M["CycleVOSFirstFrameMask"]().make(0, 0.5, False, mask=torch.from_numpy(np.stack([_ids() == 1, _ids() == 2])).float())
+    return obj
+
+
+def _is_mask(m: torch.Tensor, b: int = B) -> None:
+    assert isinstance(m, torch.Tensor) and m.dtype == torch.float32 and m.device.type == "cpu"
+    assert tuple(m.shape) == (b, H, W), m.shape
+    assert float(m.min()) >= 0 and float(m.max()) <= 1
+
+
+# ----------------------------------------------------------------------------- contracts
+
+
+def test_the_pack_loads_like_comfyui_does(tmp_path) -> None:
+    """A copy under another folder name with dots (ComfyUI maps '.' to '_x_'), relative imports only."""
+    assert set(PACK.NODE_CLASS_MAPPINGS) == set(PACK.NODE_DISPLAY_NAME_MAPPINGS)
+    assert len(PACK.NODE_CLASS_MAPPINGS) == 9
+    assert not hasattr(PACK, "WEB_DIRECTORY")
+    folder = tmp_path / "custom_nodes" / "comfyui-cyclevos.v1"
+    folder.mkdir(parents=True)
+    for name in ("__init__.py", "nodes", "comfyui_cyclevos"):
+        (folder / name).symlink_to(ROOT / name)
+    pack = _load_pack(folder)
+    assert pack.__name__.endswith("comfyui-cyclevos_x_v1") and str(folder) not in sys.path
+    assert list(pack.NODE_CLASS_MAPPINGS) == list(PACK.NODE_CLASS_MAPPINGS)
+    assert pack.NODE_CLASS_MAPPINGS["CycleVOSPropagate"] is not M["CycleVOSPropagate"]  # its own copy
+
+
+def test_the_core_imports_as_an_installed_package() -> None:
+    import pkgutil
+
+    import comfyui_cyclevos
+    from comfyui_cyclevos.correction import correct_sequence  # noqa: F401
+
+    assert comfyui_cyclevos.__version__
+    for info in pkgutil.walk_packages(comfyui_cyclevos.__path__, "comfyui_cyclevos."):
+        importlib.import_module(info.name)
+    assert not {"comfy", "folder_paths", "nodes"} & set(sys.modules), "the library must never import ComfyUI"
+
+
+@pytest.mark.parametrize("key", sorted(M))
+def test_node_contract(key: str) -> None:
+    cls = M[key]
+    assert cls.CATEGORY == "cyclevos"
+    assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 30
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional", "hidden"}
+    inputs = {**spec.get("required", {}), **spec.get("optional", {})}
+    for name, (kind, options) in inputs.items():
+        assert isinstance(kind, (str, list)), name
+        assert options.get("tooltip"), f"{key}.{name} has no tooltip"
+        if kind in ("INT", "FLOAT"):
+            assert options["min"] <= options["default"] <= options["max"], name
+    fn = getattr(cls, cls.FUNCTION)
+    params = inspect.signature(fn).parameters
+    assert set(inputs) <= set(params), f"{key}.{cls.FUNCTION} lacks {set(inputs) - set(params)}"
+    for name, p in params.items():
+        if name != "self":
+            assert name in inputs, f"{key}.{cls.FUNCTION} takes {name}, not an input"
+    for name in spec.get("optional", {}):
+        assert params[name].default is None, name
+    assert isinstance(cls.RETURN_TYPES, tuple) and len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES)
+    assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+    assert key in PACK.NODE_DISPLAY_NAME_MAPPINGS
+
+
+def test_output_node_and_upload_widget() -> None:
+    assert M["CycleVOSSaveMasks"].OUTPUT_NODE is True
+    video = M["CycleVOSLoadVideo"].INPUT_TYPES()["required"]["video"]
+    assert video[1]["video_upload"] is True
+
+
+# ----------------------------------------------------------------------------- load video / first frame
+
+
+def _write_video(path: Path, n: int = 9, h: int = 48, w: int = 80) -> None:
+    gen = imageio_ffmpeg.write_frames(str(path), (w, h), fps=12.0, macro_block_size=1, ffmpeg_log_level="error")
+    gen.send(None)
+    for i in range(n):
+        f = np.zeros((h, w, 3), np.uint8)
+        f[...] = 20 * i
+        gen.send(f)
+    gen.close()
+
+
+def test_load_video_options_fingerprint_and_validation(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write_video(tmp_path / "clip.mp4")
+    (tmp_path / "notes.txt").write_text("x")
+    node = M["CycleVOSLoadVideo"]
+    assert node.INPUT_TYPES()["required"]["video"][0] == ["clip.mp4"]
+    images, fps, count = node().load("clip.mp4", max_frames=3, skip_first=1, every_nth=2, max_side=40)
+    assert tuple(images.shape) == (3, 24, 40, 3) and images.dtype == torch.float32 and count == 3
+    assert fps == pytest.approx(6.0)
+    assert float(images.max()) <= 1 and abs(float(images[1].mean()) - 60 / 255) < 0.05  # frame 3 of the file
+    assert node.VALIDATE_INPUTS("clip.mp4") is True
+    message = node.VALIDATE_INPUTS("gone.mp4")
+    assert isinstance(message, str) and "gone.mp4" in message
+    before = node.IS_CHANGED("clip.mp4", max_frames=3)
+    assert before == node.IS_CHANGED("clip.mp4", max_frames=5)
+    _write_video(tmp_path / "clip.mp4", n=10)
+    assert node.IS_CHANGED("clip.mp4") != before
+
+
+def test_load_video_refuses_what_memory_cannot_hold(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write_video(tmp_path / "clip.mp4")
+    monkeypatch.setattr(N, "_available_memory", lambda: 1000)
+    with pytest.raises(_errors().InputError, match="max_side"):
+        M["CycleVOSLoadVideo"]().load("clip.mp4")
+
+
+def test_first_frame_mask_from_masks_and_from_colours() -> None:
+    node = M["CycleVOSFirstFrameMask"]()
+    ids = _ids()
+    masks = torch.from_numpy(np.stack([ids == 1, ids == 2])).float()
+    obj, union = node.make(2, 0.5, False, mask=masks)
+    assert obj.frame_index == 2 and obj.object_ids == [1, 2] and (obj.ids == ids).all()
+    _is_mask(union, 1)
+    from comfyui_cyclevos.video_io import DAVIS_PALETTE
+
+    colours = torch.from_numpy(DAVIS_PALETTE[ids * 3]).float()[None] / 255  # palette colours of ids 3 and 6
+    obj, _ = node.make(0, 0.5, False, image=colours)
+    assert obj.object_ids == [3, 6] and (obj.ids == ids * 3).all()
+    obj, _ = node.make(0, 0.5, True, mask=1 - masks[:1])  # a cut-out read by LoadImage (1 - alpha)
+    assert obj.object_ids == [1]
+
+
+def test_first_frame_mask_errors_are_clear() -> None:
+    node = M["CycleVOSFirstFrameMask"]()
+    err = _errors().InputError
+    with pytest.raises(err, match="64x64 placeholder"):
+        node.make(0, 0.5, False, mask=torch.zeros(1, 64, 64))
+    with pytest.raises(err, match="either"):
+        node.make(0, 0.5, False)
+    with pytest.raises(err, match="mask 2 of 2 is empty"):
+        node.make(0, 0.5, False, mask=torch.stack([torch.ones(H, W), torch.zeros(H, W)]))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def test_model_cache_returns_the_same_object(checkpoint, model, tmp_path) -> None:
+    again = M["CycleVOSLoadModel"]().load(str(checkpoint), "cpu", "fp32")[0]
+    assert again is model and again.gc_rate == 120.0
+    assert not any(p.requires_grad for p in model.net.parameters())
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(checkpoint.read_bytes())
+    other = N.load_model(copy, "cpu")
+    assert other is not model and N.load_model(copy, "cpu") is other
+    with pytest.raises(_errors().InputError, match="fp16"):
+        N.load_model(checkpoint, "cpu", "fp16")
+    with pytest.raises(_errors().InputError, match="not found"):
+        M["CycleVOSLoadModel"]().load("no-such.pt")
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+@pytest.mark.parametrize("inference", [False, True], ids=["grad", "inference_mode"])
+def test_propagate_select_overlay(model, frames, objects, inference) -> None:
+    with torch.inference_mode(inference):
+        mask, masks = M["CycleVOSPropagate"]().propagate(model, frames, objects, 2, 4, 64, True, 2, 2, 0.0)
+        _is_mask(mask)
+        assert masks.ids.dtype == torch.uint8 and tuple(masks.ids.shape) == (B, H, W)
+        assert masks.object_ids == [1, 2]
+        assert (masks.ids[0].numpy() == _ids()).all()  # the drawn frame is returned as drawn
+        assert torch.equal(mask, (masks.ids > 0).float())
+        (one,) = M["CycleVOSSelectObject"]().select(masks, 2)
+        _is_mask(one)
+        assert torch.equal(one, (masks.ids == 2).float())
+        with pytest.raises(_errors().InputError, match="not among"):
+            M["CycleVOSSelectObject"]().select(masks, 7)
+        (drawn,) = M["CycleVOSOverlay"]().draw(frames, 0.5, 1, masks=masks)
+        assert drawn.shape == frames.shape and drawn.dtype == torch.float32
+        (drawn,) = M["CycleVOSOverlay"]().draw(frames, 0.5, 0, mask=mask)
+        assert drawn.shape == frames.shape
+
+
+def test_propagate_from_a_later_frame_goes_both_ways(model, frames) -> None:
+    obj, _ = M["CycleVOSFirstFrameMask"]().make(3, 0.5, False, mask=torch.from_numpy(_ids() > 0).float()[None])
+    calls = []
+
+    class Bar:
+        def __init__(self, total):
+            calls.append(("total", total))
+
+        def update_absolute(self, value, total=None):
+            calls.append(value)
+
+    with _fake_comfy(Bar):
+        with torch.inference_mode():
+            mask, masks = M["CycleVOSPropagate"]().propagate(model, frames, obj, 5, 16, 64, False, 5, 10, 0.0)
+    _is_mask(mask)
+    assert (masks.ids[3].numpy() == (_ids() > 0)).all()
+    assert calls[0] == ("total", (B - 3) + 4) and calls[-1] == (B - 3) + 4
+    assert bool(masks.ids[0].any()) or bool(masks.ids[5].any())  # frames on both sides were segmented
+
+
+def test_propagate_resizes_a_mask_drawn_at_another_resolution(model, frames) -> None:
+    big = np.kron(_ids(), np.ones((2, 2), np.uint8))
+    obj, _ = M["CycleVOSFirstFrameMask"]().make(0, 0.5, False, image=torch.from_numpy(big > 0).float()[None, ..., None].expand(1, 2 * H, 2 * W, 3))
+    mask, _ = M["CycleVOSPropagate"]().propagate(model, frames[:2], obj, 5, 16, 64, False, 5, 10, 0.0)
+    _is_mask(mask, 2)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _fake_comfy:
+    """comfy.utils.ProgressBar and comfy.model_management as ComfyUI provides them."""
+
+    def __init__(self, bar=None, interrupt_after: int | None = None):
+        self.bar, self.interrupt_after, self.checks = bar, interrupt_after, 0
+
+    def __enter__(self):
+        comfy = types.ModuleType("comfy")
+        utils = types.ModuleType("comfy.utils")
+        mm = types.ModuleType("comfy.model_management")
+        utils.ProgressBar = self.bar or (lambda total: types.SimpleNamespace(update_absolute=lambda v, t=None: None))
+
+        def check():
+            self.checks += 1
+            if self.interrupt_after is not None and self.checks > self.interrupt_after:
+                raise _Interrupted()
+
+        mm.throw_exception_if_processing_interrupted = check
+        comfy.utils, comfy.model_management = utils, mm
+        self.saved = {k: sys.modules.get(k) for k in ("comfy", "comfy.utils", "comfy.model_management")}
+        sys.modules.update({"comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm})
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+def test_propagate_stops_when_cancelled(model, frames, objects) -> None:
+    with _fake_comfy(interrupt_after=2) as fake:
+        with pytest.raises(_Interrupted):
+            M["CycleVOSPropagate"]().propagate(model, frames, objects, 5, 16, 64, False, 5, 10, 0.0)
+    assert fake.checks == 3
+
+
+@pytest.mark.parametrize("inference", [False, True], ids=["grad", "inference_mode"])
+def test_gradient_correct_any_mask_sequence(model, frames, inference) -> None:
+    masks = torch.zeros(B, H, W)
+    masks[:, 8:30, 10:40] = 1
+    masks[4] = 0  # a frame the other tool lost the object on
+    with torch.inference_mode(inference):
+        (out,) = M["CycleVOSGradientCorrect"]().correct(model, frames, masks, 0, 2, 0.0, 2, 64)
+        _is_mask(out)
+        assert torch.equal(out[0], masks[0]) and torch.equal(out[1], masks[1])  # reference and skipped frames kept
+        assert not torch.equal(out[2], masks[2])
+        (out2,) = M["CycleVOSGradientCorrect"]().correct(model, frames, masks, 0, 1, 50.0, 1, 64, reference_mask=masks[:1])
+        _is_mask(out2)
+    with pytest.raises(_errors().InputError, match="one mask per frame"):
+        M["CycleVOSGradientCorrect"]().correct(model, frames, masks[:3], 0, 1, 0.0, 1, 64)
+
+
+def test_correct_sequence_in_the_library_keeps_detail(model, frames) -> None:
+    correction = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.correction")
+    masks = torch.zeros(3, 2, H, W)
+    masks[:, 0, 8:30, 10:40] = 1
+    masks[:, 1, 36:60, 50:90] = 1
+    seen = []
+    out = correction.correct_sequence(model.net, frames[:3], masks, steps=1, alpha=0.0, size=32,
+                                      progress=lambda d, t: seen.append((d, t)))
+    assert out.shape == masks.shape and torch.allclose(out, masks, atol=1e-5)  # alpha 0: nothing moves, nothing blurs
+    assert seen == [(0, 2), (1, 2), (2, 2)]
+
+
+@pytest.mark.parametrize("inference", [False, True], ids=["grad", "inference_mode"])
+def test_cycle_erf(model, frames, inference) -> None:
+    target = torch.zeros(B, H, W)
+    target[:, 8:30, 12:42] = 1
+    with torch.inference_mode(inference):
+        erf, heat = M["CycleVOSCycleERF"]().compute(model, frames, 2, target, 0, 3, 64)
+    _is_mask(erf, 1)
+    assert tuple(heat.shape) == (1, H, W, 3) and heat.dtype == torch.float32 and float(heat.max()) <= 1
+    with pytest.raises(_errors().InputError, match="does not exist"):
+        M["CycleVOSCycleERF"]().compute(model, frames, B, target, 0, 1, 64)
+
+
+def test_save_masks_png_and_video(model, frames, objects, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _, masks = M["CycleVOSPropagate"]().propagate(model, frames, objects, 5, 16, 64, False, 5, 10, 0.0)
+    node = M["CycleVOSSaveMasks"]()
+    with torch.inference_mode():
+        res = node.save("run/bear", True, True, 12.0, masks=masks)
+    folder = Path(res["result"][0])
+    assert folder == tmp_path / "output" / "run" / "bear_00001_"
+    pngs = sorted(folder.glob("*.png"))
+    assert [p.name for p in pngs] == [f"{t:05d}.png" for t in range(B)]
+    from comfyui_cyclevos.video_io import read_mask
+
+    assert (read_mask(pngs[0]) == masks.ids[0].numpy()).all()
+    assert (tmp_path / "output" / "run" / "bear_00001_.mp4").stat().st_size > 0
+    assert res["ui"]["images"] == [{"filename": "bear_00001_.mp4", "subfolder": "run", "type": "output"}]
+    res = node.save("run/bear", True, False, 12.0, mask=(masks.ids > 0).float())
+    assert Path(res["result"][0]).name == "bear_00002_" and len(res["ui"]["images"]) == B
+    assert res["ui"]["images"][0]["subfolder"] == "run/bear_00002_"
+    with pytest.raises(_errors().InputError, match="outside"):
+        node.save("../escape", True, False, 12.0, masks=masks)
+
+
+# ----------------------------------------------------------------------------- packaging
+
+
+def test_requirements_never_touch_torch() -> None:
+    lines = [ln.split("#")[0].strip().lower() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    names = {ln.split(">")[0].split("=")[0].split("<")[0].strip() for ln in lines if ln}
+    assert names == {"numpy", "pillow", "imageio", "imageio-ffmpeg", "click"}
+    source = (ROOT / "install.py").read_text()
+    assert "torch==" in source and "--upgrade" not in source
+
+
+WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
+def _workflows():
+    """API-format twins live in example_workflows/api/: ComfyUI's template browser lists every *.json
+    directly in example_workflows/ and can only open the UI format."""
+    return sorted((ROOT / "example_workflows" / "api").glob("*.api.json"))
+
+
+def test_there_are_workflow_twins() -> None:
+    apis = _workflows()
+    assert len(apis) >= 3
+    for api in apis:
+        assert (api.parent.parent / api.name.replace(".api.json", ".json")).is_file(), api
+    assert not list((ROOT / "example_workflows").glob("*.api.json"))
+
+
+@pytest.mark.parametrize("api", _workflows(), ids=lambda p: p.name)
+def test_example_workflow_wiring(api: Path) -> None:
+    """Every cyclevos node of an API workflow has its required inputs, links point at existing outputs of
+    the right type, and the UI twin has the same nodes with the same widget values."""
+    prompt = json.loads(api.read_text())
+    ui = json.loads((api.parent.parent / api.name.replace(".api.json", ".json")).read_text())
+    ui_nodes = {str(n["id"]): n for n in ui["nodes"]}
+    assert set(ui_nodes) == set(prompt)
+    for node_id, node in prompt.items():
+        assert ui_nodes[node_id]["type"] == node["class_type"]
+        cls = M.get(node["class_type"])
+        if cls is None:
+            continue  # a ComfyUI core node
+        spec = cls.INPUT_TYPES()
+        for name in spec["required"]:
+            assert name in node["inputs"], f"{api.name}: node {node_id} lacks {name}"
+        inputs = {**spec["required"], **spec.get("optional", {})}
+        assert set(node["inputs"]) <= set(inputs), f"{api.name}: node {node_id} has unknown inputs"
+        for name, value in node["inputs"].items():
+            if isinstance(value, list):  # a link: the source's output type must match
+                src_cls = M.get(prompt[value[0]]["class_type"])
+                if src_cls is not None:
+                    assert src_cls.RETURN_TYPES[value[1]] == inputs[name][0], f"{api.name}: {node_id}.{name}"
+        # widgets in the order the UI creates them (the upload button adds one value after the file combo)
+        widget_names = [n for n, (kind, _) in inputs.items() if isinstance(kind, list) or kind in WIDGET_KINDS]
+        values = list(ui_nodes[node_id]["widgets_values"])
+        if node["class_type"] == "CycleVOSLoadVideo":
+            assert values.pop() == "image"
+        assert len(values) == len(widget_names), node_id
+        for name, value in zip(widget_names, values):
+            if not isinstance(node["inputs"].get(name), list):
+                assert node["inputs"][name] == value, f"{api.name}: {node_id}.{name}"
+    links = {link[0]: link for link in ui["links"]}
+    for n in ui["nodes"]:
+        for inp in n.get("inputs", []):
+            if inp.get("link") is not None:
+                assert links[inp["link"]][3] == n["id"]
