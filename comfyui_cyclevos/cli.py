@@ -83,24 +83,28 @@ def main():
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder: one palette PNG of object ids per frame, named after the frame.")
 @click.option("--overlay", type=click.Path(dir_okay=False), default=None, help="Also write an overlay video (.mp4) of the masks over the frames.")
 @click.option("--mask-video", type=click.Path(dir_okay=False), default=None, help="Also write the masks as a video (.mp4, DAVIS colours).")
+@click.option("--mask-frame", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the frame the mask is drawn on; from a later frame the video is segmented forward, then backward (the frames before it are kept in memory for that).")
 @_inference_options
 @_friendly
-def segment(input, mask_path, out_dir, overlay, mask_video, **engine_options):
+def segment(input, mask_path, out_dir, overlay, mask_video, mask_frame, **engine_options):
     """Segment INPUT (a video file or a folder of frames, sorted by name) from a first-frame mask.
 
     Writes OUT/<frame stem>.png for every frame (a 5-digit index for a video) and exits 0 only when
     every frame is written; until then the frames are in OUT.partial.
     """
+    from .errors import InputError
     from .runner import check_output_dir, segment_video
     from .video_io import check_mask, open_frames, read_mask
 
     source = open_frames(input)
     mask = read_mask(mask_path)
-    check_mask(mask, source.size, "the first-frame mask")
+    check_mask(mask, source.size, "the mask")
+    if mask_frame >= len(source):
+        raise InputError(f"the mask is drawn on frame {mask_frame} but the video has {len(source)} frames (0..{len(source) - 1})")
     check_output_dir(Path(out_dir))
     net, cfg, dev = _engine_setup(**engine_options)
     with click.progressbar(length=len(source), label="segmenting", file=sys.stderr) as bar:
-        stats = segment_video(net, source, mask, out_dir, cfg, dev, overlay, mask_video, progress=bar.update)
+        stats = segment_video(net, source, mask, out_dir, cfg, dev, overlay, mask_video, progress=bar.update, mask_frame=mask_frame)
     click.echo(f"{stats.frames} frames, {len(stats.objects)} object(s), {stats.fps:.1f} frames/s -> {out_dir}")
 
 

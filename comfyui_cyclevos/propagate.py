@@ -179,3 +179,32 @@ class InferenceCore:
         """(O+1, H, W) probabilities -> (H, W) uint8 map of object ids (0 = background)."""
         lut = torch.tensor([0] + self.object_ids, dtype=torch.uint8)
         return lut[probs.argmax(0)].numpy()
+
+
+def propagate_both_ways(make_engine, frames, mask, mask_frame: int = 0):
+    """Segment a whole video from a mask drawn on any frame: forward from ``mask_frame`` to the end, then
+    backward from it to the first frame, each pass with a fresh engine from ``make_engine()``.
+
+    ``frames`` iterates over ``(key, frame)`` in video order (streamed: only the frames before
+    ``mask_frame`` are kept, for the backward pass). Yields ``(key, frame, labels)`` with labels the (H, W)
+    uint8 id map, in processing order; the drawn frame is yielded once, by the forward pass.
+    """
+    engine = make_engine()
+    head, anchor, count = [], None, 0
+    for i, (key, frame) in enumerate(frames):
+        count = i + 1
+        if i < mask_frame:
+            head.append((key, frame))
+            continue
+        probs = engine.step(frame, mask if i == mask_frame else None)
+        if i == mask_frame:
+            anchor = frame
+        yield key, frame, engine.labels(probs)
+    if anchor is None:
+        raise InputError(f"the mask is drawn on frame {mask_frame} but the video has {count} frames (0..{count - 1})")
+    if head:
+        del engine  # free the forward pass's memory before the backward one
+        engine = make_engine()
+        engine.step(anchor, mask)
+        for key, frame in reversed(head):
+            yield key, frame, engine.labels(engine.step(frame))

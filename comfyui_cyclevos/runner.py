@@ -17,8 +17,8 @@ import torch
 from .config import InferenceConfig
 from .errors import InputError
 from .network import CycleVOSNet
-from .propagate import InferenceCore
-from .video_io import FrameSource, MaskVideoWriter, OverlayVideoWriter, check_mask, overlay, write_palette_png
+from .propagate import InferenceCore, propagate_both_ways
+from .video_io import FrameSource, MaskVideoWriter, OverlayVideoWriter, check_mask, write_palette_png
 
 DONE_FILE = "cyclevos.json"  # written last: its presence marks a complete output folder
 
@@ -60,27 +60,28 @@ def segment_video(
     overlay_path: str | os.PathLike | None = None,
     mask_video_path: str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
+    mask_frame: int = 0,
 ) -> RunStats:
-    """Segment every frame of ``source`` from ``first_mask`` (ids on its first frame) into ``out_dir``.
+    """Segment every frame of ``source`` from ``first_mask`` (ids drawn on frame ``mask_frame``, the first
+    by default; from a later frame the video is segmented forward and then backward) into ``out_dir``.
 
     The PNGs go to ``out_dir.partial`` and the folder is renamed to ``out_dir`` after the last frame
     (with a ``cyclevos.json`` summary); an error or an interruption leaves only the ``.partial`` folder.
     """
     out = Path(out_dir)
-    objects = check_mask(first_mask, source.size, "the first-frame mask")
+    objects = check_mask(first_mask, source.size, "the mask")
+    if (overlay_path or mask_video_path) and mask_frame:
+        raise InputError("--overlay and --mask-video need the mask on the first frame (--mask-frame 0)")
     partial = _prepare_out_dir(out)
-    engine = InferenceCore(net, config, device)
     written = 0
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         ov = stack.enter_context(OverlayVideoWriter(overlay_path, source.fps, source.size)) if overlay_path else None
         mv = stack.enter_context(MaskVideoWriter(mask_video_path, source.fps, source.size)) if mask_video_path else None
-        for i, (stem, frame) in enumerate(source):
-            probs = engine.step(frame, first_mask if i == 0 else None)
-            ids = engine.labels(probs)
+        for stem, frame, ids in propagate_both_ways(lambda: InferenceCore(net, config, device), source, first_mask, mask_frame):
             write_palette_png(partial / f"{stem}.png", ids)
             if ov is not None:
-                ov.write(overlay(frame, ids))
+                ov.write(frame, ids)
             if mv is not None:
                 mv.write(ids)
             written += 1
@@ -92,7 +93,7 @@ def segment_video(
         raise InputError(f"{source.path} yielded {written} of its {expected} frames: the video is truncated or damaged; re-encode it")
     stats = RunStats(written, objects, seconds)
     summary = {"input": str(source.path), "frames": written, "objects": objects, "seconds": round(seconds, 3),
-               "fps": round(stats.fps, 3), "config": asdict(engine.config), "model": net.config.to_dict()}
+               "fps": round(stats.fps, 3), "mask_frame": mask_frame, "config": asdict(config or InferenceConfig()), "model": net.config.to_dict()}
     (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
     if out.exists():
         shutil.rmtree(out)

@@ -543,29 +543,19 @@ def _inference_config(model: CycleVOSModel, size, mem_every, mem_capacity, gradi
 
 def propagate_frames(model: CycleVOSModel, frames: torch.Tensor, ids: np.ndarray, frame_index: int, config,
                      progress: _Progress | None = None) -> tuple[torch.Tensor, list[int]]:
-    """Segment every frame of a (B, H, W, 3) batch from the ids drawn on ``frame_index``: forward from it to
-    the end, then (when it is not the first frame) backward from it to frame 0, each pass with a fresh
-    memory. Returns (B, H, W) uint8 ids and the object ids."""
-    from ..comfyui_cyclevos.propagate import InferenceCore
+    """(B, H, W) uint8 ids of every frame of a (B, H, W, 3) batch from the ids drawn on ``frame_index``
+    (the library's forward-then-backward propagation), and the object ids."""
+    from ..comfyui_cyclevos.propagate import InferenceCore, propagate_both_ways
 
-    B = frames.shape[0]
     out = torch.zeros(frames.shape[:3], dtype=torch.uint8)
-    passes = [range(frame_index, B)] + ([range(frame_index, -1, -1)] if frame_index > 0 else [])
-    done, object_ids = 0, []
-    for n, frames_of_pass in enumerate(passes):
-        engine = InferenceCore(model.net, config, model.device)
-        for j, t in enumerate(frames_of_pass):
-            if progress is not None:
-                progress.check()
-            probs = engine.step(frames[t], ids if j == 0 else None)
-            if n == 0 or j > 0:  # the drawn frame is written once, by the forward pass
-                out[t] = torch.from_numpy(engine.labels(probs))
-            done += 1
-            if progress is not None:
-                progress.update(done)
-        object_ids = list(engine.object_ids)
-        del engine  # frees this pass's memory bank before the next
-    return out, object_ids
+    make_engine = lambda: InferenceCore(model.net, config, model.device)
+    for done, (t, _, labels) in enumerate(propagate_both_ways(make_engine, enumerate(frames), ids, frame_index), 1):
+        if progress is not None:
+            progress.check()
+        out[t] = torch.from_numpy(labels)
+        if progress is not None:
+            progress.update(done)
+    return out, [int(i) for i in np.unique(ids) if i != 0]
 
 
 class CycleVOSPropagate:
@@ -608,8 +598,7 @@ class CycleVOSPropagate:
             _fit_to_frames(tuple(ids.shape), (H, W), "the objects' mask")
             ids = _resize_nearest(ids, (H, W))
         config = _inference_config(model, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate)
-        total = (B - objects.frame_index) + (objects.frame_index + 1 if objects.frame_index > 0 else 0)
-        out, object_ids = propagate_frames(model, frames, ids.numpy(), objects.frame_index, config, _Progress(total))
+        out, object_ids = propagate_frames(model, frames, ids.numpy(), objects.frame_index, config, _Progress(B))
         return ((out > 0).float(), ObjectMasks(out, object_ids))
 
 

@@ -129,3 +129,23 @@ def test_help_explains_every_option():
     assert r.exit_code == 0
     for opt in ("--mask", "--out", "--weights", "--device", "--size", "--overlay", "--gc", "--gc-every", "--gc-steps", "--gc-rate"):
         assert opt in r.output
+
+
+def test_mask_on_a_later_frame_segments_both_ways(tmp_path, random_checkpoint):
+    from PIL import Image
+
+    from conftest import moving_square_clip
+
+    frames, labels = moving_square_clip(n=6)
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(d / f"{i:05d}.png")
+    write_palette_png(tmp_path / "m3.png", labels[3])
+    r = run("segment", d, "--mask", tmp_path / "m3.png", "--mask-frame", 3, "--out", tmp_path / "o", "--weights", random_checkpoint, "--size", 64, "--no-gc")
+    assert r.exit_code == 0, r.output
+    pngs = sorted((tmp_path / "o").glob("*.png"))
+    assert [p.stem for p in pngs] == [f"{i:05d}" for i in range(6)]
+    assert np.array_equal(np.asarray(Image.open(pngs[3])), labels[3])
+    line = _one_line_error(run("segment", d, "--mask", tmp_path / "m3.png", "--mask-frame", 9, "--out", tmp_path / "o2", "--weights", random_checkpoint, "--size", 64))
+    assert "frame 9" in line and not (tmp_path / "o2").exists()
