@@ -13,14 +13,12 @@ import argparse
 from pathlib import Path
 
 from machine import machine
-from quality import DEV
+from quality import DEV, score
 
 from comfyui_cyclevos.checkpoint import checkpoint_meta, load_checkpoint
 from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
 from comfyui_cyclevos.davis import list_sequences
 from comfyui_cyclevos.device import pick_device
-from comfyui_cyclevos.evaluate import evaluate_folders
-from comfyui_cyclevos.runner import segment_davis
 
 REFERENCE_SETS = {
     "{X_1}": MemoryConfig(use_previous=False, use_every_k=False),
@@ -31,16 +29,10 @@ REFERENCE_SETS = {
 
 
 def run(net, data: Path, memory: MemoryConfig, gc: bool, alpha: float, device) -> tuple[float, float, float]:
-    import tempfile
-
-    import torch
-
-    names = list_sequences(data)
+    """J, F and J&F in percent."""
     cfg = InferenceConfig(memory=memory, correction=CorrectionConfig(enabled=gc, alpha=alpha))
-    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        segment_davis(net, data, names, tmp, cfg, device)
-        ev = evaluate_folders(tmp, data, names)
-    return 100 * ev.j_mean, 100 * ev.f_mean, 100 * ev.jf_mean
+    j, f, jf, _ = score(net, data, cfg, device)
+    return 100 * j, 100 * f, 100 * jf
 
 
 def main() -> None:

@@ -1,8 +1,10 @@
 """Dev J&F (DAVIS protocol) with and without gradient correction, and the speed of each.
 
     python benchmarks/quality.py [--weights PATH] [--data ../shared/data/davis2016/dev-480p] [--gc-rate A]
+    python benchmarks/quality.py --sweep 150,1500,5000    # J&F with correction for each rate alpha
 
-Needs the DAVIS-2016 dev sequences beside the repo (../shared/data). Prints one line.
+Needs the DAVIS-2016 dev sequences beside the repo (../shared/data). Prints one line (a line per rate
+with --sweep: how the shipped rate was chosen).
 """
 from __future__ import annotations
 
@@ -24,13 +26,17 @@ from comfyui_cyclevos.runner import segment_davis
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016" / "dev-480p"
 
 
-def score(net, data: Path, gc: bool, alpha: float, device, size: int = 240) -> tuple[float, float, float, float]:
+def score(net, data: Path, cfg: InferenceConfig, device) -> tuple[float, float, float, float]:
+    """Segment every sequence of ``data`` with ``cfg`` and score it: J, F, J&F and frames per second."""
     names = list_sequences(data)
-    cfg = InferenceConfig(size=size, correction=CorrectionConfig(enabled=gc, alpha=alpha))
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         stats = segment_davis(net, data, names, tmp, cfg, device)
         ev = evaluate_folders(tmp, data, names)
     return ev.j_mean, ev.f_mean, ev.jf_mean, stats.fps
+
+
+def gc_config(enabled: bool, alpha: float) -> InferenceConfig:
+    return InferenceConfig(correction=CorrectionConfig(enabled=enabled, alpha=alpha))
 
 
 def main() -> None:
@@ -39,13 +45,19 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEV)
     ap.add_argument("--gc-rate", type=float, default=None)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--sweep", default=None, help="comma-separated correction rates to compare")
     a = ap.parse_args()
     device = pick_device(a.device)
     weights = a.weights or default_weights_path()
     net = load_checkpoint(weights, device)
+    if a.sweep:
+        for alpha in (float(x) for x in a.sweep.split(",")):
+            j, f, jf, fps = score(net, a.data, gc_config(True, alpha), device)
+            print(f"quality {a.data.name} with GC alpha {alpha:g}: J {j:.3f} F {f:.3f} J&F {jf:.3f} ({fps:.1f} fps)", flush=True)
+        return
     alpha = a.gc_rate if a.gc_rate is not None else float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.alpha))
-    off = score(net, a.data, False, alpha, device)
-    on = score(net, a.data, True, alpha, device)
+    off = score(net, a.data, gc_config(False, alpha), device)
+    on = score(net, a.data, gc_config(True, alpha), device)
     print(
         f"quality {a.data.name} ({len(list_sequences(a.data))} sequences, {weights.name}): "
         f"without GC J {off[0]:.3f} F {off[1]:.3f} J&F {off[2]:.3f} ({off[3]:.1f} fps); "
