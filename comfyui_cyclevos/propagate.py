@@ -111,8 +111,8 @@ class InferenceCore:
         changed = False
         if given is not None:
             present, ids = given
-            idx = [self.object_ids.index(i) for i in present]
-            onehot = torch.stack([ids == i for i in present])  # (G, H, W)
+            idx = [self.object_ids.index(i) for i in present]  # rows of the given objects
+            onehot = torch.stack([ids == i for i in present])  # (G, H, W) bool
             soft = geo.masks_in(onehot, self.device)  # (1, G, Hp, Wp)
             masks = masks * (1 - soft.sum(1, keepdim=True).clamp(max=1))  # given pixels leave the others
             masks[:, idx] = soft
@@ -131,15 +131,12 @@ class InferenceCore:
         self._remember(x, masks, features, user=given is not None, first=first)
         out = geo.maps_out(probs)  # (O+1, H, W)
         if given is not None:  # the given objects are returned exactly as given
-            present, ids = given
-            rows = [self.object_ids.index(i) + 1 for i in present]
-            G = torch.zeros(geo.frame, dtype=torch.bool)
-            for i in present:
-                G |= ids == i
+            rows = [i + 1 for i in idx]
+            G = onehot.any(0)  # (H, W)
             out[rows] = 0
             out[:, G] = 0
-            for r, i in zip(rows, present):
-                out[r][ids == i] = 1
+            for r, m in zip(rows, onehot):
+                out[r][m] = 1
             out[:, ~G] /= out[:, ~G].sum(0).clamp(min=1e-6)
         return out
 
