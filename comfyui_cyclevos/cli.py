@@ -227,7 +227,7 @@ def erf(input, mask_path, target_frame, ref_frame, out_path, overlay, steps, obj
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="DAVIS-layout folder with every frame annotated.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoints, log.csv, curves.png.")
 @click.option("--cyclic/--no-cyclic", default=True, show_default=True, help="Add the cycle-consistency loss (paper Eq. 2-3).")
-@click.option("--steps", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=3500, show_default=True, help="Optimiser steps (the shipped weights: 3500).")
 @click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--crop", type=click.IntRange(min=64), default=224, show_default=True, help="Square training crop (multiple of 16).")
 @click.option("--lr", type=float, default=2e-4, show_default=True)

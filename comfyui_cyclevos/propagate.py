@@ -17,6 +17,7 @@ from .errors import InputError
 from .geometry import Geometry
 from .memory import MemoryBank, MemoryEntry
 from .network import CycleVOSNet, soft_aggregate
+from .video_io import check_mask
 
 MAX_OBJECTS = 255
 
@@ -65,17 +66,9 @@ class InferenceCore:
 
     # the step ---------------------------------------------------------------------------------
     def _parse_mask(self, mask) -> tuple[list[int], torch.Tensor]:
-        ids = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
-        if ids.ndim != 2:
-            raise InputError(f"a mask must be a (H, W) map of object ids, got shape {tuple(ids.shape)}")
-        if tuple(ids.shape) != self.geometry.frame:
-            raise InputError(f"the mask is {ids.shape[1]}x{ids.shape[0]} but the frame is {self.geometry.frame[1]}x{self.geometry.frame[0]}: resize the mask to the frame's size")
-        present = [int(i) for i in torch.unique(ids) if int(i) != 0]
-        if not present:
-            raise InputError("the mask is empty (no object pixels): draw at least one object")
-        if int(ids.min()) < 0 or int(ids.max()) > MAX_OBJECTS:
-            raise InputError(f"object ids must be 1..{MAX_OBJECTS}")
-        return present, ids
+        ids = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        present = check_mask(ids, self.geometry.frame, "the mask")
+        return present, torch.from_numpy(ids.astype(np.int64))
 
     def step(self, frame, mask=None, coarse: bool | None = None) -> torch.Tensor:
         """Process the next frame; ``mask`` is an optional (H, W) map of object ids on this frame."""

@@ -25,7 +25,7 @@ from .network import CycleVOSNet, soft_aggregate
 
 @dataclass
 class TrainConfig:
-    steps: int = 6000
+    steps: int = 3500
     batch: int = 4
     lr: float = 2e-4
     backbone_lr: float = 5e-5
@@ -34,7 +34,7 @@ class TrainConfig:
     gamma: float = 1.0
     max_skip_start: int = 5
     max_skip_step: int = 5  # the paper: +5 every 20 epochs; here every ``skip_every`` steps
-    skip_every: int = 1000
+    skip_every: int = 0  # 0: steps // 5, so the gap grows 5 -> 25 over the run whatever its length
     max_skip_cap: int = 25
     seed: int = 0
     checkpoint_every: int = 250
@@ -42,7 +42,8 @@ class TrainConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
 
     def max_skip(self, step: int) -> int:
-        return min(self.max_skip_start + self.max_skip_step * (step // self.skip_every), self.max_skip_cap)
+        every = self.skip_every or max(self.steps // 5, 1)
+        return min(self.max_skip_start + self.max_skip_step * (step // every), self.max_skip_cap)
 
 
 class CycleLoss(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -83,6 +83,20 @@ def _last_line(err: BaseException) -> str:
     return (lines[-1] if lines else type(err).__name__)[:200]
 
 
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (None when the system cannot tell)."""
+    try:
+        import psutil  # optional: ComfyUI has it
+
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class FrameSource:
     """Frames of a video file or a folder of images, decoded lazily one at a time.
 
@@ -123,6 +137,31 @@ class FrameSource:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, size={self.size}, fps={self.fps})"
+
+    def read_all(self, on_frame: Callable[[int], None] | None = None) -> np.ndarray:
+        """Every frame at once as a (T, H, W, 3) float32 array in 0..1 (a ComfyUI IMAGE batch: 12 bytes a
+        pixel), refused up front when it would take more than 80 % of the free memory. ``on_frame(done)``
+        runs after each frame and may raise to stop."""
+        n = len(self)
+        H, W = self.size
+        need = n * H * W * 3 * 4
+        free = available_memory()
+        if free is not None and need > 0.8 * free:
+            raise InputError(f"{self.path.name}: {n} frames at {W}x{H} need {need / 1e9:.1f} GB as float frames but only "
+                             f"{free / 1e9:.1f} GB of memory is free; lower max_frames, raise every_nth or set max_side")
+        out = np.empty((n, H, W, 3), np.float32)
+        extra = []
+        kept = 0
+        for kept, (_, frame) in enumerate(self, start=1):
+            if kept <= n:
+                np.multiply(frame, 1.0 / 255.0, out=out[kept - 1], casting="unsafe")
+            else:  # the stream held more frames than its header counted
+                extra.append(frame[None].astype(np.float32) / 255.0)
+            if on_frame is not None:
+                on_frame(kept)
+        if kept < n:
+            out = out[:kept].copy()
+        return np.concatenate([out] + extra) if extra else out
 
 
 class FolderFrames(FrameSource):
@@ -384,14 +423,14 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def check_mask(ids: np.ndarray, frame_size: tuple[int, int], name: str = "mask") -> list[int]:
-    """Check a first-frame mask against the frame size (H, W); return the sorted object ids present."""
+    """Check a mask of object ids against its frame's size (H, W); return the sorted object ids present."""
     a = np.asarray(ids)
     if a.ndim != 2:
         raise InputError(f"{name} must be a 2-D array of object ids, got shape {a.shape}")
     h, w = a.shape
     fh, fw = int(frame_size[0]), int(frame_size[1])
     if (h, w) != (fh, fw):
-        raise InputError(f"{name} is {w}x{h} but the first frame is {fw}x{fh} (width x height); resize the mask "
+        raise InputError(f"{name} is {w}x{h} but the frame is {fw}x{fh} (width x height); resize the mask "
                          f"to {fw}x{fh} or give the frame it was drawn on")
     objects = np.unique(a)
     objects = objects[objects != 0]

@@ -327,28 +327,6 @@ def file_fingerprint(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _available_memory() -> int | None:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except Exception:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def image_bytes(frames: int, height: int, width: int) -> int:
-    """Memory of a ComfyUI IMAGE batch: float32 RGB."""
-    return int(frames) * int(height) * int(width) * 3 * 4
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
-
-
 # ----------------------------------------------------------------------------- widgets
 
 _MODEL_IN = ("CYCLEVOS_MODEL", {"tooltip": "The network, from CycleVOS Load Model."})
@@ -408,34 +386,15 @@ class CycleVOSLoadVideo:
     def load(self, video, max_frames=0, skip_first=0, every_nth=1, max_side=0):
         from ..comfyui_cyclevos.video_io import open_frames
 
-        path = resolve_video(video)
-        source = open_frames(path, max_frames=max_frames or None, skip_first=skip_first, every_nth=every_nth,
-                             max_side=max_side or None)
-        n = len(source)
-        H, W = source.size
-        need = image_bytes(n, H, W)
-        free = _available_memory()
-        if free is not None and need > 0.8 * free:
-            raise InputError(f"{Path(video).name}: {n} frames at {W}x{H} need {_gb(need)} as an IMAGE but only "
-                             f"{_gb(free)} of memory is free; lower max_frames, raise every_nth or set max_side")
-        progress = _Progress(n)
-        out = torch.empty((n, H, W, 3), dtype=torch.float32)
-        kept = 0
-        extra = []
-        for i, (_, frame) in enumerate(source):
+        source = open_frames(resolve_video(video), max_frames=max_frames or None, skip_first=skip_first,
+                             every_nth=every_nth, max_side=max_side or None)
+        progress = _Progress(len(source))
+
+        def on_frame(done: int) -> None:
             progress.check()
-            t = torch.from_numpy(frame)
-            if i < n:
-                out[i].copy_(t)
-            else:  # the stream held more frames than counted
-                extra.append(t.float()[None])
-            kept = i + 1
-            progress.update(kept)
-        if kept < n:
-            out = out[:kept].clone()
-        if extra:
-            out = torch.cat([out] + extra)
-        out.mul_(1.0 / 255.0)
+            progress.update(done)
+
+        out = torch.from_numpy(source.read_all(on_frame))  # (B, H, W, 3) float32 in 0..1
         fps = float(source.fps or DEFAULT_FPS) / every_nth
         return (out, fps, int(out.shape[0]))
 

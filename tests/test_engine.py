@@ -114,7 +114,7 @@ def test_bad_masks_give_one_line_errors(net, problem):
         with pytest.raises(InputError, match="resize the mask"):
             eng.step(frames[0], labels[0][:-1])
     elif problem == "empty":
-        with pytest.raises(InputError, match="empty"):
+        with pytest.raises(InputError, match="no object pixels"):
             eng.step(frames[0], np.zeros_like(labels[0]))
     elif problem == "ids":
         too_many = labels[0].astype(np.int32)

@@ -190,7 +190,8 @@ def test_load_video_options_fingerprint_and_validation(tmp_path, monkeypatch) ->
 def test_load_video_refuses_what_memory_cannot_hold(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     _write_video(tmp_path / "clip.mp4")
-    monkeypatch.setattr(N, "_available_memory", lambda: 1000)
+    video_io = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.video_io")
+    monkeypatch.setattr(video_io, "available_memory", lambda: 1000)
     with pytest.raises(_errors().InputError, match="max_side"):
         M["CycleVOSLoadVideo"]().load("clip.mp4")
 

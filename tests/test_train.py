@@ -69,3 +69,9 @@ def test_train_writes_log_curves_checkpoints_and_resumes(davis_root, tmp_path):
     train(str(davis_root), str(tmp_path), cfg, resume=True, log=lambda s: None)
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
+
+
+def test_gap_grows_by_five_over_each_fifth_of_the_run() -> None:
+    cfg = TrainConfig(steps=3500)
+    assert [cfg.max_skip(s) for s in (0, 699, 700, 2800, 3499)] == [5, 5, 10, 25, 25]
+    assert TrainConfig(steps=3500, skip_every=100).max_skip(250) == 15

@@ -211,6 +211,20 @@ def test_folder_sorted_by_name_and_options(tmp_path: Path) -> None:
     assert [s for s, _ in open_frames(tmp_path, max_frames=2)] == ["f1", "f2"]
 
 
+def test_read_all_as_float_batch_and_refuses_what_memory_cannot_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(3):
+        Image.fromarray(_frame(i)).save(tmp_path / f"{i}.png")
+    seen = []
+    batch = open_frames(tmp_path).read_all(seen.append)
+    assert batch.shape == (3, H, W, 3) and batch.dtype == np.float32 and seen == [1, 2, 3]
+    np.testing.assert_allclose(batch, np.stack([f for _, f in open_frames(tmp_path)]) / 255.0, atol=1e-6)
+    from comfyui_cyclevos import video_io
+
+    monkeypatch.setattr(video_io, "available_memory", lambda: 1000)
+    with pytest.raises(InputError, match="every_nth"):
+        open_frames(tmp_path).read_all()
+
+
 def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         open_frames(tmp_path / "missing.mp4")
