@@ -332,6 +332,25 @@ def test_propagate_stops_when_cancelled(model, frames, objects) -> None:
     assert fake.checks == 3
 
 
+@pytest.mark.parametrize("gc", [False, True], ids=["no-gc", "gc"])
+def test_nodes_run_a_converted_stm_cycle_checkpoint(tmp_path, frames, objects, gc) -> None:
+    """The paper's own network (ResNet-18 STM-cycle, converted) through the same nodes, in inference mode."""
+    from test_convert import random_state, shapes, write_source
+
+    from comfyui_cyclevos.convert import convert
+
+    src = write_source(random_state(shapes("stm_cycle_resnet18")), tmp_path / "stm-cycle-r18.pth.tar", "stm-cycle")
+    convert(src, tmp_path / "r18.pt", "stm-cycle")
+    with torch.inference_mode():
+        (m,) = M["CycleVOSLoadModel"]().load(str(tmp_path / "r18.pt"), "cpu", "fp32")
+        assert m.net.config.encoder == "resnet18" and m.net.config.second_mask == "background"
+        mask, masks = M["CycleVOSPropagate"]().propagate(m, frames, objects, 2, 4, 64, gc, 2, 2, 0.0)
+        _is_mask(mask)
+        assert masks.object_ids == [1, 2] and (masks.ids[0].numpy() == _ids()).all()
+        erf, _ = M["CycleVOSCycleERF"]().compute(m, frames, 2, mask, 0, 2, 64)
+        _is_mask(erf, 1)
+
+
 @pytest.mark.parametrize("inference", [False, True], ids=["grad", "inference_mode"])
 def test_gradient_correct_any_mask_sequence(model, frames, inference) -> None:
     masks = torch.zeros(B, H, W)

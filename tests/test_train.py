@@ -75,3 +75,26 @@ def test_gap_grows_by_five_over_each_fifth_of_the_run() -> None:
     cfg = TrainConfig(steps=3500)
     assert [cfg.max_skip(s) for s in (0, 699, 700, 2800, 3499)] == [5, 5, 10, 25, 25]
     assert TrainConfig(steps=3500, skip_every=100).max_skip(250) == 15
+
+
+def test_train_resnet18_from_a_torchvision_imagenet_file(davis_root, tmp_path):
+    """`cyclevos train --arch resnet18 --init FILE`: both encoders start from the user's ImageNet file."""
+    from click.testing import CliRunner
+    from test_convert import random_state, shapes
+
+    from comfyui_cyclevos.cli import main
+
+    imagenet = random_state(shapes("torchvision_resnet18"), seed=5)
+    torch.save(imagenet, tmp_path / "resnet18.pth")
+    args = ["train", "--data", str(davis_root), "--out", str(tmp_path / "run"), "--arch", "resnet18",
+            "--init", str(tmp_path / "resnet18.pth"), "--steps", "1", "--batch", "1", "--crop", "64", "--threads", "1"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    net = load_checkpoint(tmp_path / "run" / "final.pt")
+    assert net.config.encoder == "resnet18" and net.config.memory_encoder == "stm"
+    ours = net.state_dict()
+    for k in ("layer1.0.conv1.weight", "layer3.1.conv2.weight", "bn1.running_mean"):
+        for branch in ("encoder", "memory_backbone"):  # one Adam step at a warm-up rate moves a weight by < 1e-4
+            assert (ours[f"{branch}.{k}"] - imagenet[k]).abs().max() < 1e-3, (branch, k)
+    r = CliRunner().invoke(main, args[:-8] + ["--init", str(tmp_path / "missing.pth"), "--steps", "1"])
+    assert r.exit_code == 2 and "missing.pth" in r.output
