@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py [--weights PATH] [--data ../shared/data/davis2016/dev-480p] [--gc-rate A]
     python benchmarks/quality.py --sweep 150,1500,5000    # J&F with correction for each rate alpha
+    python benchmarks/quality.py --soft                   # memorise the corrected mask soft (Eq. 5 as is)
 
 Needs the DAVIS-2016 dev sequences beside the repo (../shared/data). Prints one line (a line per rate
 with --sweep: how the shipped rate was chosen).
@@ -35,8 +36,8 @@ def score(net, data: Path, cfg: InferenceConfig, device) -> tuple[float, float, 
     return ev.j_mean, ev.f_mean, ev.jf_mean, stats.fps
 
 
-def gc_config(enabled: bool, alpha: float) -> InferenceConfig:
-    return InferenceConfig(correction=CorrectionConfig(enabled=enabled, alpha=alpha))
+def gc_config(enabled: bool, alpha: float, hard: bool = True) -> InferenceConfig:
+    return InferenceConfig(correction=CorrectionConfig(enabled=enabled, alpha=alpha, hard=hard))
 
 
 def main() -> None:
@@ -46,22 +47,23 @@ def main() -> None:
     ap.add_argument("--gc-rate", type=float, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--sweep", default=None, help="comma-separated correction rates to compare")
+    ap.add_argument("--soft", action="store_true", help="keep the corrected masks soft in memory (CorrectionConfig.hard=False)")
     a = ap.parse_args()
     device = pick_device(a.device)
     weights = a.weights or default_weights_path()
     net = load_checkpoint(weights, device)
     if a.sweep:
         for alpha in (float(x) for x in a.sweep.split(",")):
-            j, f, jf, fps = score(net, a.data, gc_config(True, alpha), device)
-            print(f"quality {a.data.name} with GC alpha {alpha:g}: J {j:.3f} F {f:.3f} J&F {jf:.3f} ({fps:.1f} fps)", flush=True)
+            j, f, jf, fps = score(net, a.data, gc_config(True, alpha, not a.soft), device)
+            print(f"quality {a.data.name} with GC alpha {alpha:g}{' soft' if a.soft else ''}: J {j:.3f} F {f:.3f} J&F {jf:.3f} ({fps:.1f} fps)", flush=True)
         return
     alpha = a.gc_rate if a.gc_rate is not None else float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.alpha))
     off = score(net, a.data, gc_config(False, alpha), device)
-    on = score(net, a.data, gc_config(True, alpha), device)
+    on = score(net, a.data, gc_config(True, alpha, not a.soft), device)
     print(
         f"quality {a.data.name} ({len(list_sequences(a.data))} sequences, {weights.name}): "
         f"without GC J {off[0]:.3f} F {off[1]:.3f} J&F {off[2]:.3f} ({off[3]:.1f} fps); "
-        f"with GC (alpha {alpha:g}) J {on[0]:.3f} F {on[1]:.3f} J&F {on[2]:.3f} ({on[3]:.1f} fps) | {machine()}"
+        f"with GC (alpha {alpha:g}{', soft' if a.soft else ''}) J {on[0]:.3f} F {on[1]:.3f} J&F {on[2]:.3f} ({on[3]:.1f} fps) | {machine()}"
     )
 
 

@@ -51,6 +51,10 @@ class CorrectionConfig:
     N: int = 10
     alpha: float = 150.0
     gamma: float = 1.0
+    # The engine memorises and returns the corrected mask as its label map (argmax over background and
+    # objects), i.e. exactly the mask it writes. Kept soft, the N steps leave faint sub-threshold values
+    # over the background that, once in memory, pull later frames off the object.
+    hard: bool = True
 
 
 @dataclass

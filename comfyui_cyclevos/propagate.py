@@ -10,6 +10,7 @@ import contextlib
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import InferenceConfig
 from .correction import gradient_correct, normalize_objects
@@ -134,13 +135,16 @@ class InferenceCore:
         return out
 
     def _correct(self, masks: torch.Tensor, x: torch.Tensor, features) -> torch.Tensor:
+        """Eq. 5 on masks (1, O, Hp, Wp) against the reference; objects added after it are left as they are."""
         ref_x, ref_features, ref_masks = self._reference
         c = self.config.correction
-        if ref_masks.shape[1] < masks.shape[1]:  # objects added after the reference: not corrected
-            O_ref = ref_masks.shape[1]
-            head = gradient_correct(self.net, masks[:, :O_ref], x, features, ref_x, ref_features, ref_masks, c.N, c.alpha, c.gamma)
-            return torch.cat([head, masks[:, O_ref:]], 1)
-        return gradient_correct(self.net, masks, x, features, ref_x, ref_features, ref_masks, c.N, c.alpha, c.gamma)
+        O_ref = ref_masks.shape[1]
+        head = gradient_correct(self.net, masks[:, :O_ref], x, features, ref_x, ref_features, ref_masks, c.N, c.alpha, c.gamma)
+        corrected = torch.cat([head, masks[:, O_ref:]], 1)
+        if c.hard:  # the label map that is written, as one-hot masks
+            labels = normalize_objects(corrected).argmax(1)  # (1, Hp, Wp)
+            corrected = F.one_hot(labels, corrected.shape[1] + 1).permute(0, 3, 1, 2)[:, 1:].to(corrected.dtype)
+        return corrected
 
     def _remember(self, x, masks, features, user: bool, first: bool) -> None:
         mem = self.config.memory

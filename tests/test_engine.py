@@ -142,3 +142,16 @@ def test_engine_runs_inside_inference_mode_with_correction(net):
         for f in frames[1:]:
             p = eng.step(f)
     assert torch.isfinite(p).all()
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_corrected_frames_are_memorised_as_written(net, hard):
+    """hard: a corrected frame's output and memory mask are the label map written; soft: Eq. 5's values."""
+    frames, labels = moving_square_clip(n=3)
+    eng = InferenceCore(net, InferenceConfig(size=64, correction=CorrectionConfig(K=2, N=2, alpha=5000.0, hard=hard)))
+    eng.step(frames[0], labels[0])
+    eng.step(frames[1])
+    p = eng.step(frames[2])  # frame 2: corrected (K=2), then memorised
+    in_between = ((p > 0.01) & (p < 0.99)).float().mean()
+    assert (in_between == 0) if hard else (in_between > 0)
+    assert torch.allclose(p.sum(0), torch.ones_like(p[0]), atol=1e-5)
