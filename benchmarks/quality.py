@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py [--weights PATH] [--data ../shared/data/davis2016/dev-480p] [--gc-rate A]
     python benchmarks/quality.py --sweep 150,1500,5000    # J&F with correction for each rate alpha
-    python benchmarks/quality.py --soft                   # memorise the corrected mask soft (Eq. 5 as is)
+    python benchmarks/quality.py --soft-memory            # memorise probabilities, as STM does
 
 Needs the DAVIS-2016 dev sequences beside the repo (../shared/data). Prints one line (a line per rate
 with --sweep: how the shipped rate was chosen).
@@ -18,7 +18,7 @@ import torch
 from machine import machine
 
 from comfyui_cyclevos.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
-from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig
+from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
 from comfyui_cyclevos.davis import list_sequences
 from comfyui_cyclevos.device import pick_device
 from comfyui_cyclevos.evaluate import evaluate_folders
@@ -36,8 +36,8 @@ def score(net, data: Path, cfg: InferenceConfig, device) -> tuple[float, float, 
     return ev.j_mean, ev.f_mean, ev.jf_mean, stats.fps
 
 
-def gc_config(enabled: bool, alpha: float, hard: bool = True) -> InferenceConfig:
-    return InferenceConfig(correction=CorrectionConfig(enabled=enabled, alpha=alpha, hard=hard))
+def gc_config(enabled: bool, alpha: float, hard_memory: bool = True) -> InferenceConfig:
+    return InferenceConfig(memory=MemoryConfig(hard=hard_memory), correction=CorrectionConfig(enabled=enabled, alpha=alpha))
 
 
 def main() -> None:
@@ -47,23 +47,23 @@ def main() -> None:
     ap.add_argument("--gc-rate", type=float, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--sweep", default=None, help="comma-separated correction rates to compare")
-    ap.add_argument("--soft", action="store_true", help="keep the corrected masks soft in memory (CorrectionConfig.hard=False)")
+    ap.add_argument("--soft-memory", action="store_true", help="memorise probabilities, not label maps (MemoryConfig.hard=False)")
     a = ap.parse_args()
     device = pick_device(a.device)
     weights = a.weights or default_weights_path()
     net = load_checkpoint(weights, device)
     if a.sweep:
         for alpha in (float(x) for x in a.sweep.split(",")):
-            j, f, jf, fps = score(net, a.data, gc_config(True, alpha, not a.soft), device)
-            print(f"quality {a.data.name} with GC alpha {alpha:g}{' soft' if a.soft else ''}: J {j:.3f} F {f:.3f} J&F {jf:.3f} ({fps:.1f} fps)", flush=True)
+            j, f, jf, fps = score(net, a.data, gc_config(True, alpha, not a.soft_memory), device)
+            print(f"quality {a.data.name} with GC alpha {alpha:g}{' soft memory' if a.soft_memory else ''}: J {j:.3f} F {f:.3f} J&F {jf:.3f} ({fps:.1f} fps)", flush=True)
         return
     alpha = a.gc_rate if a.gc_rate is not None else float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.alpha))
-    off = score(net, a.data, gc_config(False, alpha), device)
-    on = score(net, a.data, gc_config(True, alpha, not a.soft), device)
+    off = score(net, a.data, gc_config(False, alpha, not a.soft_memory), device)
+    on = score(net, a.data, gc_config(True, alpha, not a.soft_memory), device)
     print(
         f"quality {a.data.name} ({len(list_sequences(a.data))} sequences, {weights.name}): "
         f"without GC J {off[0]:.3f} F {off[1]:.3f} J&F {off[2]:.3f} ({off[3]:.1f} fps); "
-        f"with GC (alpha {alpha:g}{', soft' if a.soft else ''}) J {on[0]:.3f} F {on[1]:.3f} J&F {on[2]:.3f} ({on[3]:.1f} fps) | {machine()}"
+        f"with GC (alpha {alpha:g}{', soft memory' if a.soft_memory else ''}) J {on[0]:.3f} F {on[1]:.3f} J&F {on[2]:.3f} ({on[3]:.1f} fps) | {machine()}"
     )
 
 

@@ -114,14 +114,16 @@ class InferenceCore:
             if coarse is None:
                 coarse = not first and box_shaped(onehot)
             if coarse and cfg.correction.enabled and self._reference is not None:
-                masks = self._correct(masks, x, features)
+                masks = self._correct(masks, x, features, cfg.correction.coarse_alpha)
             elif not coarse:
                 self._reference = (x, features, masks)
         elif cfg.correction.enabled and self.frame_index % cfg.correction.K == 0 and self._reference is not None:
-            masks = self._correct(masks, x, features)
+            masks = self._correct(masks, x, features, cfg.correction.alpha)
             changed = True
         if changed:
             probs = normalize_objects(masks)
+        if cfg.memory.hard:  # the label map that is written, as one-hot masks
+            masks = F.one_hot(probs.argmax(1), O + 1).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)  # (1, O, Hp, Wp)
         self._remember(x, masks, features, user=given is not None, first=first)
         out = geo.maps_out(probs)  # (O+1, H, W)
         if given is not None:  # the given objects are returned exactly as given
@@ -134,17 +136,13 @@ class InferenceCore:
             out[:, ~G] /= out[:, ~G].sum(0).clamp(min=1e-6)
         return out
 
-    def _correct(self, masks: torch.Tensor, x: torch.Tensor, features) -> torch.Tensor:
+    def _correct(self, masks: torch.Tensor, x: torch.Tensor, features, alpha: float) -> torch.Tensor:
         """Eq. 5 on masks (1, O, Hp, Wp) against the reference; objects added after it are left as they are."""
         ref_x, ref_features, ref_masks = self._reference
         c = self.config.correction
         O_ref = ref_masks.shape[1]
-        head = gradient_correct(self.net, masks[:, :O_ref], x, features, ref_x, ref_features, ref_masks, c.N, c.alpha, c.gamma)
-        corrected = torch.cat([head, masks[:, O_ref:]], 1)
-        if c.hard:  # the label map that is written, as one-hot masks
-            labels = normalize_objects(corrected).argmax(1)  # (1, Hp, Wp)
-            corrected = F.one_hot(labels, corrected.shape[1] + 1).permute(0, 3, 1, 2)[:, 1:].to(corrected.dtype)
-        return corrected
+        head = gradient_correct(self.net, masks[:, :O_ref], x, features, ref_x, ref_features, ref_masks, c.N, alpha, c.gamma)
+        return torch.cat([head, masks[:, O_ref:]], 1)
 
     def _remember(self, x, masks, features, user: bool, first: bool) -> None:
         mem = self.config.memory

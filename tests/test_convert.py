@@ -239,17 +239,19 @@ def test_load_pretrained_names_bad_keys(tmp_path):
         ResNet("resnet50").load_pretrained(tmp_path / "r18.pth")
 
 
+@pytest.mark.parametrize("keys,source", [(c[0], c[1]) for c in CASES])
 @pytest.mark.parametrize("gc", ["--gc", "--no-gc"])
-def test_converted_checkpoint_runs_cyclevos_segment(tmp_path, r18_state, clip_folder, gc):
-    """A converted STM-cycle ResNet-18 runs the whole command, with and without gradient correction."""
+def test_converted_checkpoint_runs_cyclevos_segment(tmp_path, clip_folder, keys, source, gc):
+    """A converted checkpoint of each kind (STM R50, STM-cycle R50 and R18) runs the whole command, with and
+    without gradient correction."""
     import numpy as np
     from click.testing import CliRunner
     from PIL import Image
 
     from comfyui_cyclevos.cli import main
 
-    ckpt = tmp_path / "r18.pt"
-    convert(write_source(r18_state, tmp_path / "src.pth.tar", "stm-cycle"), ckpt, "stm-cycle")
+    ckpt = tmp_path / "converted.pt"
+    convert(write_source(random_state(shapes(keys)), tmp_path / "src.pth", source), ckpt, source)
     frames, mask = clip_folder
     args = ["segment", str(frames), "--mask", str(mask), "--out", str(tmp_path / "o"), "--weights", str(ckpt),
             "--size", "64", gc, "--gc-every", "3", "--gc-steps", "2"]

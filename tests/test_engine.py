@@ -145,13 +145,21 @@ def test_engine_runs_inside_inference_mode_with_correction(net):
 
 
 @pytest.mark.parametrize("hard", [True, False])
-def test_corrected_frames_are_memorised_as_written(net, hard):
-    """hard: a corrected frame's output and memory mask are the label map written; soft: Eq. 5's values."""
-    frames, labels = moving_square_clip(n=3)
-    eng = InferenceCore(net, InferenceConfig(size=64, correction=CorrectionConfig(K=2, N=2, alpha=5000.0, hard=hard)))
+@pytest.mark.parametrize("gc", [False, True])
+def test_memory_holds_the_written_label_map(net, hard, gc):
+    """hard: each frame is memorised as the label map that is written (a corrected frame too); soft: as its
+    probabilities (corrected: Eq. 5's values)."""
+    frames, labels = moving_square_clip(n=3, objects=2)
+    cfg = InferenceConfig(size=64, memory=MemoryConfig(hard=hard), correction=CorrectionConfig(enabled=gc, K=2, N=2, alpha=5000.0))
+    eng = InferenceCore(net, cfg)
     eng.step(frames[0], labels[0])
     eng.step(frames[1])
-    p = eng.step(frames[2])  # frame 2: corrected (K=2), then memorised
-    in_between = ((p > 0.01) & (p < 0.99)).float().mean()
-    assert (in_between == 0) if hard else (in_between > 0)
-    assert torch.allclose(p.sum(0), torch.ones_like(p[0]), atol=1e-5)
+    p = eng.step(frames[2])[None]  # frame 2: corrected when gc (K=2), memorised as periodic (MemoryConfig.K=5: temp)
+    written = torch.nn.functional.one_hot(p.argmax(1), 3).permute(0, 3, 1, 2)[:, 1:].float()
+    x = eng.geometry.frame_in(frames[2], eng.device)
+    with torch.no_grad():
+        _, v_written = net.memorize(x, written)
+        _, v_soft = net.memorize(x, p[:, 1:])
+    stored = eng.memory.temp.value[None]
+    d_written, d_soft = (stored - v_written).abs().max(), (stored - v_soft).abs().max()
+    assert (d_written < d_soft / 5) if hard else (d_soft < d_written / 5)

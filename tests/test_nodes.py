@@ -332,18 +332,23 @@ def test_propagate_stops_when_cancelled(model, frames, objects) -> None:
     assert fake.checks == 3
 
 
-@pytest.mark.parametrize("gc", [False, True], ids=["no-gc", "gc"])
-def test_nodes_run_a_converted_stm_cycle_checkpoint(tmp_path, frames, objects, gc) -> None:
-    """The paper's own network (ResNet-18 STM-cycle, converted) through the same nodes, in inference mode."""
+@pytest.mark.parametrize("keys,source,encoder,second,gc", [
+    ("stm", "stm", "resnet50", "others", True),
+    ("stm_cycle_resnet50", "stm-cycle", "resnet50", "background", True),
+    ("stm_cycle_resnet18", "stm-cycle", "resnet18", "background", True),
+    ("stm_cycle_resnet18", "stm-cycle", "resnet18", "background", False),
+])
+def test_nodes_run_a_converted_checkpoint(tmp_path, frames, objects, keys, source, encoder, second, gc) -> None:
+    """The paper's own networks (STM / STM-cycle, converted) through the same nodes, in inference mode
+    (with correction for each kind; cyclevos segment runs each kind with and without it)."""
     from test_convert import random_state, shapes, write_source
 
     from comfyui_cyclevos.convert import convert
 
-    src = write_source(random_state(shapes("stm_cycle_resnet18")), tmp_path / "stm-cycle-r18.pth.tar", "stm-cycle")
-    convert(src, tmp_path / "r18.pt", "stm-cycle")
+    convert(write_source(random_state(shapes(keys)), tmp_path / "src.pth", source), tmp_path / "converted.pt", source)
     with torch.inference_mode():
-        (m,) = M["CycleVOSLoadModel"]().load(str(tmp_path / "r18.pt"), "cpu", "fp32")
-        assert m.net.config.encoder == "resnet18" and m.net.config.second_mask == "background"
+        (m,) = M["CycleVOSLoadModel"]().load(str(tmp_path / "converted.pt"), "cpu", "fp32")
+        assert m.net.config.encoder == encoder and m.net.config.second_mask == second
         mask, masks = M["CycleVOSPropagate"]().propagate(m, frames, objects, 2, 4, 64, gc, 2, 2, 0.0)
         _is_mask(mask)
         assert masks.object_ids == [1, 2] and (masks.ids[0].numpy() == _ids()).all()
