@@ -70,7 +70,7 @@ class MemoryConfig:
     # Memorise each frame's label map (one-hot of the argmax, exactly the mask that is written) rather
     # than its soft probabilities (STM's choice). Faint probabilities over the background, and the
     # residue that gradient correction leaves there, otherwise enter the memory values and pull later
-    # frames off the object. Dev J&F of the shipped cyclic run (3500 steps): 66.6 soft, 68.0 label maps.
+    # frames off the object. Dev J&F of the cyclic run at 3500 steps: 66.6 soft, 68.0 label maps.
     hard: bool = True
 
 
