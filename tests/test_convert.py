@@ -6,9 +6,6 @@ instantiated with random weights outside the repository; no original code is par
 """
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,41 +17,7 @@ from comfyui_cyclevos.convert import convert
 from comfyui_cyclevos.errors import WeightsError
 from comfyui_cyclevos.network import soft_aggregate
 
-DATA = Path(__file__).parent / "data"
-IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-
-
-def shapes(name: str) -> dict[str, list[int]]:
-    return json.loads((DATA / f"keys_{name}.json").read_text())["shapes"]
-
-
-def random_state(spec: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights with exactly the recorded names and shapes, scaled so a forward stays finite."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, shape in spec.items():
-        last = k.rsplit(".", 1)[-1]
-        if last == "num_batches_tracked":
-            out[k] = torch.tensor(5, dtype=torch.long)
-        elif last in IMAGENET:  # the originals' normalisation buffers
-            out[k] = torch.tensor(IMAGENET[last]).view(shape)
-        elif last == "running_var" or (last == "weight" and len(shape) == 1):
-            out[k] = torch.rand(shape, generator=g) + 0.5
-        elif len(shape) == 1:
-            out[k] = torch.randn(shape, generator=g) * 0.1
-        else:
-            out[k] = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
-    return out
-
-
-def write_source(state: dict[str, torch.Tensor], path: Path, source: str) -> Path:
-    """The released files' layouts: STM a plain (2019, legacy-serialised) state_dict, STM-cycle a dict."""
-    if source == "stm":
-        torch.save(state, path, _use_new_zipfile_serialization=False)
-    else:
-        torch.save({"epoch": 240, "state_dict": state, "max_skip": [25, 5]}, path)
-    return path
-
+from conftest import random_state, shapes, write_source
 
 @pytest.fixture(scope="module")
 def r18_state() -> dict[str, torch.Tensor]:

@@ -341,7 +341,7 @@ def test_propagate_stops_when_cancelled(model, frames, objects) -> None:
 def test_nodes_run_a_converted_checkpoint(tmp_path, frames, objects, keys, source, encoder, second, gc) -> None:
     """The paper's own networks (STM / STM-cycle, converted) through the same nodes, in inference mode
     (with correction for each kind; cyclevos segment runs each kind with and without it)."""
-    from test_convert import random_state, shapes, write_source
+    from conftest import random_state, shapes, write_source
 
     from comfyui_cyclevos.convert import convert
 

@@ -80,7 +80,7 @@ def test_gap_grows_by_five_over_each_fifth_of_the_run() -> None:
 def test_train_resnet18_from_a_torchvision_imagenet_file(davis_root, tmp_path):
     """`cyclevos train --arch resnet18 --init FILE`: both encoders start from the user's ImageNet file."""
     from click.testing import CliRunner
-    from test_convert import random_state, shapes
+    from conftest import random_state, shapes
 
     from comfyui_cyclevos.cli import main
 
