@@ -79,7 +79,7 @@ class InferenceConfig:
     """Everything the engine needs besides the network."""
 
     size: int = 240  # processing short side, the paper's
-    fp16: bool = True  # float16 autocast for the forward passes on CUDA (ignored on the CPU)
+    precision: str = "auto"  # auto|fp32|bf16|fp16, resolved once per engine by precision.pick_precision
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
 

@@ -5,10 +5,15 @@ mask Y_1 on the reference frame X_1. So Y^_t takes N gradient steps that lower t
 
     Y^_t <- clamp(Y^_t - alpha * dL(S({X_t}, {Y^_t}, X_1), Y_1) / dY^_t, 0, 1)        (Eq. 5)
 
-L is Eq. 4 with the cross-entropy as a per-pixel *mean*, hence the large default alpha (150).
+L is Eq. 4 per object, **summed** over the objects, and the step is alpha * (Hp*Wp / REFERENCE_AREA):
+Eq. 4's cross-entropy is a per-pixel mean and its soft IoU a ratio of pixel sums, so dL/dY per pixel
+shrinks with the number of pixels, and a mean over objects would divide each object's gradient by their
+count. With the sum and the area factor, one alpha acts the same for 1 or 5 objects and at any processing
+size; alpha keeps the value it was tuned at (150, one object at 240x432, where the factor is 1).
 Everything that does not depend on Y^_t is computed once: both frames' encoder features, the decoder's
 skip branches, and, with the fused memory encoder (mask-independent keys), the read weights; each step
-then runs only the mask branch of the memory encoder and the decoder, forward and backward.
+then runs only the mask branch of the memory encoder and the decoder, forward and backward, under the
+run's precision policy (the masks and their gradient stay float32).
 
 ``correct_sequence`` applies the same update after the fact to any mask sequence (this engine's or another
 tool's), frame by frame against one reference frame and its mask.
@@ -18,6 +23,7 @@ off locally and clones any inference tensor it receives.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import fields
 from typing import Callable
 
@@ -27,6 +33,9 @@ from .errors import InputError
 from .geometry import Geometry
 from .losses import mask_loss
 from .network import CycleVOSNet, FrameFeatures, soft_aggregate
+from .precision import Precision
+
+REFERENCE_AREA = 240 * 432  # processing pixels at which alpha is defined (a 16:9 frame at size 240)
 
 
 def plain(t):
@@ -48,6 +57,22 @@ def normalize_objects(masks: torch.Tensor) -> torch.Tensor:
     return probs / probs.sum(1, keepdim=True).clamp(min=1e-6)
 
 
+def reconstruct(
+    net: CycleVOSNet,
+    masks: torch.Tensor,
+    mem_frame: torch.Tensor,
+    mem_features: FrameFeatures,
+    query_frame: torch.Tensor,
+    query_features: FrameFeatures,
+    affinity: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """S({mem_frame}, {masks}, query_frame), Eq. 2: masks (1, O, H, W) on the memory frame -> each
+    object's float32 probability (1, O, H, W) on the query frame, from that one memory frame alone."""
+    k, v = net.memory_of(*net.memorize(mem_frame, masks, mem_features))  # (1, Ok, Ck, hw), (1, O, Cv, hw)
+    logits = net.segment(query_frame, k, v, query_features, affinity=affinity)
+    return soft_aggregate(torch.sigmoid(logits.float()))[:, 1:]
+
+
 def reconstruction_loss(
     net: CycleVOSNet,
     masks: torch.Tensor,
@@ -59,12 +84,26 @@ def reconstruction_loss(
     gamma: float,
     affinity: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L(S({mem_frame}, {masks}, query_frame), target), Eq. 4: masks (1, O, H, W) on the memory frame,
+    """L(S({mem_frame}, {masks}, query_frame), target): Eq. 4 of each object, summed over the objects;
     target (1, O, H, W) on the query frame. Eq. 5 (correction) and Eq. 6 (cycle-ERF) both descend it."""
-    k, v = net.memorize(mem_frame, masks, mem_features)  # (1, Ok, Ck, h, w), (1, O, Cv, h, w)
-    logits = net.segment(query_frame, k[:, :, None], v[:, :, None], query_features, affinity=affinity)
-    pred = soft_aggregate(torch.sigmoid(logits))[:, 1:]  # (1, O, H, W)
-    return mask_loss(pred, target, gamma)
+    pred = reconstruct(net, masks, mem_frame, mem_features, query_frame, query_features, affinity)
+    return mask_loss(pred, target, gamma) * masks.shape[1]
+
+
+def step_size(alpha, masks: torch.Tensor) -> torch.Tensor:
+    """Eq. 5's rate for masks (1, O, Hp, Wp): alpha (a number, or one per object) scaled by the processing
+    area (see the module doc) -> (1, 1 or O, 1, 1)."""
+    a = torch.as_tensor(alpha, dtype=torch.float32, device=masks.device).reshape(1, -1, 1, 1)
+    return a * (masks.shape[-2] * masks.shape[-1] / REFERENCE_AREA)
+
+
+def fixed_affinity(net: CycleVOSNet, mem_features: FrameFeatures, query_features: FrameFeatures) -> torch.Tensor | None:
+    """The read weights of a one-frame memory when they do not depend on its mask (the fused encoder)."""
+    if net.config.memory_encoder != "fused":
+        return None
+    with torch.no_grad():
+        key = mem_features.key.flatten(-2)[:, None]  # (1, 1, Ck, hw)
+        return net.affinity(key, query_features.key)
 
 
 def gradient_correct(
@@ -79,29 +118,31 @@ def gradient_correct(
     alpha: float = 150.0,
     gamma: float = 1.0,
     return_losses: bool = False,
+    precision: Precision | None = None,
 ):
     """Eq. 5 for every object at once: masks (1, O, H, W) soft masks of ``frame`` -> corrected masks.
+    ``alpha`` is one rate for all objects or a sequence of one per object (0 leaves an object as it is).
 
     With ``return_losses`` also returns the reconstruction loss before each step and after the last.
     """
-    with torch.inference_mode(False), torch.enable_grad():
-        masks, frame, features = plain(masks).detach(), plain(frame), plain(features)
+    autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
+    with torch.inference_mode(False), torch.enable_grad(), autocast:
+        masks, frame, features = plain(masks).detach().float(), plain(frame), plain(features)
         ref_frame, ref_features, ref_masks = plain(ref_frame), plain(ref_features), plain(ref_masks)
-        affinity = None
-        if net.config.memory_encoder == "fused":  # keys do not depend on the mask: read weights are fixed
-            with torch.no_grad():
-                affinity = net.affinity(features.key[:, None, None], ref_features.key)
+        affinity = fixed_affinity(net, features, ref_features)
+        rate = step_size(alpha, masks)
         losses = []
         for _ in range(steps):
             m = masks.clone().requires_grad_(True)
             loss = reconstruction_loss(net, m, frame, features, ref_frame, ref_features, ref_masks, gamma, affinity)
             (grad,) = torch.autograd.grad(loss, m)
-            losses.append(loss.item())
-            masks = (m - alpha * grad).clamp(0.0, 1.0).detach()
+            if return_losses:
+                losses.append(loss.detach())
+            masks = (m - rate * grad).clamp(0.0, 1.0).detach()
         if return_losses:
             with torch.no_grad():
-                losses.append(float(reconstruction_loss(net, masks, frame, features, ref_frame, ref_features, ref_masks, gamma, affinity)))
-            return masks, losses
+                losses.append(reconstruction_loss(net, masks, frame, features, ref_frame, ref_features, ref_masks, gamma, affinity))
+            return masks, [float(x) for x in losses]
     return masks
 
 
@@ -118,6 +159,7 @@ def correct_sequence(
     size: int = 240,
     device: torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
+    precision: Precision | None = None,
 ) -> torch.Tensor:
     """Eq. 5 applied after the fact to ANY mask sequence (this engine's, SAM 2's, hand-drawn...).
 
@@ -149,22 +191,23 @@ def correct_sequence(
     if not bool((ref > 0.5).any()):
         raise InputError("the reference mask is empty: the reference frame needs the object drawn on it")
     device = device or next(net.parameters()).device
+    precision = precision or Precision(device)
     net = net.eval()
     geo = Geometry.for_frame(H, W, size)
     out = m_all.detach().cpu().clone().clamp_(0, 1)
     todo = [t for t in range(T) if t != reference_index and abs(t - reference_index) % every == 0]
-    with torch.no_grad():
+    with torch.no_grad(), precision.autocast():
         ref_x = geo.frame_in(frames[reference_index], device)
         ref_features = net.encode_frame(ref_x)
         ref_m = geo.masks_in(ref.clamp(0, 1), device)
     for done, t in enumerate(todo):
         if progress is not None:
             progress(done, len(todo))
-        with torch.no_grad():
+        with torch.no_grad(), precision.autocast():
             x = geo.frame_in(frames[t], device)
             features = net.encode_frame(x)
-            m_in = geo.masks_in(out[t], device)
-        corrected = gradient_correct(net, m_in, x, features, ref_x, ref_features, ref_m, steps, alpha, gamma)
+        m_in = geo.masks_in(out[t], device)
+        corrected = gradient_correct(net, m_in, x, features, ref_x, ref_features, ref_m, steps, alpha, gamma, precision=precision)
         delta = geo.maps_out(corrected - m_in)  # (O, H, W) at the frame's size
         out[t] = (out[t] + delta).clamp_(0, 1)
     if progress is not None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .config import CycleERFConfig
-from .correction import plain, reconstruction_loss
+from .correction import fixed_affinity, plain, reconstruction_loss
 from .geometry import Geometry
 from .network import CycleVOSNet
 
@@ -24,7 +24,7 @@ def cycle_erf_map(
         ref_x, target_x, target_mask = plain(ref_x), plain(target_x), plain(target_mask)
         with torch.no_grad():
             ref_f, target_f = net.encode_frame(ref_x), net.encode_frame(target_x)
-            affinity = net.affinity(ref_f.key[:, None, None], target_f.key) if net.config.memory_encoder == "fused" else None
+            affinity = fixed_affinity(net, ref_f, target_f)
         m = torch.zeros_like(target_mask)
         for _ in range(config.M):
             m.requires_grad_(True)

@@ -14,3 +14,12 @@ def pick_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda"):
         raise InputError(f"unknown device {name!r}: use auto, cpu or cuda")
     return torch.device(name)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (None when the system cannot tell)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    from .video_io import available_memory
+
+    return available_memory()

@@ -1,7 +1,9 @@
 """The STM-cycle network (paper §3.1, built on STM): stateless; the engine owns all inference state.
 
 Frames enter as RGB floats in 0..1 with height and width multiples of 16; masks as soft masks in 0..1.
-Shapes: B batch, O objects, T memory frames, Ck/Cv key/value channels, h, w = H/16, W/16.
+Shapes: B batch, O objects, Ck/Cv key/value channels, h, w = H/16, W/16. A memory is read as N positions,
+the h*w positions of each of its T frames side by side (N = T*h*w): keys (B, Ok, Ck, N), values
+(B, O, Cv, N); ``memory_of`` turns one frame's ``memorize`` output into that layout.
 """
 from __future__ import annotations
 
@@ -254,33 +256,59 @@ class CycleVOSNet(nn.Module):
         return key.view(B, O, *key.shape[1:]), value.view(B, O, *value.shape[1:])
 
     @staticmethod
-    def affinity(mem_keys: torch.Tensor, query_key: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Memory read weights: softmax over all T*h*w memory positions of k_m^T k_q / sqrt(Ck).
+    def memory_of(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``memorize`` output (B, Ok, Ck, h, w), (B, O, Cv, h, w) -> a one-frame memory (B, Ok, Ck, h*w),
+        (B, O, Cv, h*w); frames concatenated along the last dimension make a longer memory."""
+        return key.flatten(-2), value.flatten(-2)
 
-        mem_keys (B, Ok, T, Ck, h, w), query_key (B, Ck, h, w) -> (B, Ok', T*h*w, h*w). ``valid``
-        (B, O, T) bool leaves out memory frames that hold no value for an object (an object added later);
-        then the weights are per object (Ok' = O), otherwise Ok' = Ok."""
-        B, Ok, T, Ck, h, w = mem_keys.shape
-        km = mem_keys.permute(0, 1, 3, 2, 4, 5).reshape(B * Ok, Ck, T * h * w)  # (B*Ok, Ck, THW)
-        kq = query_key.repeat_interleave(Ok, dim=0).reshape(B * Ok, Ck, h * w)  # (B*Ok, Ck, hw)
-        logits = torch.bmm(km.transpose(1, 2), kq).view(B, Ok, T * h * w, h * w) / math.sqrt(Ck)
-        if valid is not None and not bool(valid.all()):
-            O = valid.shape[1]
-            keep = valid[:, :, :, None].expand(B, O, T, h * w).reshape(B, O, T * h * w, 1)
-            logits = logits.expand(B, O, T * h * w, h * w).masked_fill(~keep, float("-inf"))
-        return torch.softmax(logits, dim=2)
+    @staticmethod
+    def affinity(mem_keys: torch.Tensor, query_key: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Memory read weights (STM): softmax over the N memory positions of k_m^T k_q / sqrt(Ck).
+
+        mem_keys (B, Ok, Ck, N), query_key (B, Ck, h, w) -> (B, Ok', N, h*w). The logits and the softmax run
+        in float32 under any autocast: a softmax over thousands of positions shifts visibly when its logits
+        are rounded to 8 bits of mantissa. ``valid`` (B, Ok, N) bool leaves out positions that hold no value
+        (a memory frame from before an object was added); a row with no valid position gets zero weights."""
+        B, Ok, Ck, N = mem_keys.shape
+        with torch.autocast(mem_keys.device.type, enabled=False):
+            kq = query_key.float().flatten(2)[:, None]  # (B, 1, Ck, hw)
+            logits = torch.matmul(mem_keys.float().transpose(-1, -2), kq) / math.sqrt(Ck)  # (B, Ok, N, hw)
+            if valid is not None:
+                logits = logits.masked_fill(~valid[..., None], float("-inf"))
+            p = torch.softmax(logits, dim=2)
+            return p.nan_to_num_(0.0) if valid is not None else p
 
     @staticmethod
     def read(p: torch.Tensor, mem_values: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of memory values: p (B, 1 or O, THW, hw), mem_values (B, O, T, Cv, h, w) ->
-        (B, O, Cv, h, w)."""
-        B, O, T, Cv, h, w = mem_values.shape
-        vm = mem_values.permute(0, 1, 3, 2, 4, 5).reshape(B, O, Cv, T * h * w)  # (B, O, Cv, THW)
+        """Weighted sum of memory values: p (B, 1 or O, N, hw), mem_values (B, O, Cv, N) -> (B, O, Cv, hw)."""
+        B, O, Cv, N = mem_values.shape
+        p = p.to(mem_values.dtype)  # the float32 weights meet values stored in the compute dtype
         if p.shape[1] == 1:  # weights shared by all objects: one matrix product for all of them
-            out = torch.bmm(vm.reshape(B, O * Cv, T * h * w), p[:, 0])  # (B, O*Cv, hw)
-        else:
-            out = torch.bmm(vm.flatten(0, 1), p.flatten(0, 1))  # (B*O, Cv, hw)
-        return out.view(B, O, Cv, h, w)
+            return torch.matmul(mem_values.reshape(B, O * Cv, N), p[:, 0]).view(B, O, Cv, -1)
+        return torch.matmul(mem_values, p)  # (B, O, Cv, hw)
+
+    def read_memory(self, keys: torch.Tensor, values: torch.Tensor, query_key: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Each object's readout (B, O, Cv, hw) from keys (B, Ok, Ck, N), values (B, O, Cv, N) and
+        ``valid`` (B, O, N) bool (None: every position holds every object).
+
+        With keys shared by all objects (Ok = 1) the read costs one exponentiated affinity whatever the
+        objects hold: each object's softmax over its own positions is the shared exp(logits - max)
+        renormalised by its sum over those positions (the shift cancels), so objects added on later frames
+        do not turn the read into one softmax per object. An object without memory reads zeros."""
+        if valid is None or bool(valid.all()):
+            return self.read(self.affinity(keys, query_key), values)
+        if keys.shape[1] > 1:  # one key per object (STM's memory encoder): per-object weights anyway
+            return self.read(self.affinity(keys, query_key, valid), values)
+        B, O, Cv, N = values.shape
+        with torch.autocast(keys.device.type, enabled=False):
+            kq = query_key.float().flatten(2)  # (B, Ck, hw)
+            logits = torch.matmul(keys[:, 0].float().transpose(-1, -2), kq) / math.sqrt(keys.shape[2])  # (B, N, hw)
+            e = torch.exp(logits - logits.amax(dim=1, keepdim=True))
+            norm = torch.matmul(valid.float(), e)  # (B, O, hw): each object's softmax denominator
+            held = (values * valid[:, :, None]).reshape(B, O * Cv, N)  # positions an object does not hold add 0
+            readout = torch.matmul(held, e.to(values.dtype)).view(B, O, Cv, -1).float()
+            readout = readout / norm.clamp_min(torch.finfo(torch.float32).tiny)[:, :, None]
+        return readout.to(values.dtype)
 
     def segment(
         self,
@@ -291,16 +319,19 @@ class CycleVOSNet(nn.Module):
         valid: torch.Tensor | None = None,
         affinity: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict every object on ``frame`` from memory: keys (B, Ok, T, Ck, h, w), values
-        (B, O, T, Cv, h, w) -> per-object logits (B, O, H, W). Combine objects with ``soft_aggregate``.
-        ``affinity`` (from ``affinity``) may be passed when the keys are known not to change (the fused
-        encoder's keys do not depend on the mask: gradient correction and cycle-ERF reuse it)."""
+        """Predict every object on ``frame`` from memory: keys (B, Ok, Ck, N), values (B, O, Cv, N) ->
+        per-object logits (B, O, H, W). Combine objects with ``soft_aggregate``. ``valid`` (B, O, N) as in
+        ``read_memory``. ``affinity`` (from ``affinity``) may be passed when the keys are known not to change
+        (the fused encoder's keys do not depend on the mask: gradient correction and cycle-ERF reuse it)."""
         if features is None:
             features = self.encode_frame(frame)
         B, O = values.shape[:2]
-        if affinity is None:
-            affinity = self.affinity(keys, features.key, valid)
-        readout = self.read(affinity, values).flatten(0, 1)  # (B*O, Cv, h, w)
+        h, w = features.key.shape[-2:]
+        if affinity is not None:
+            readout = self.read(affinity, values)
+        else:
+            readout = self.read_memory(keys, values, features.key, valid)  # (B, O, Cv, hw)
+        readout = readout.reshape(B * O, -1, h, w).to(features.value.dtype)
         x = torch.cat([readout, features.value.repeat_interleave(O, dim=0)], 1)  # (B*O, 2Cv, h, w)
         s8, s4 = (t.repeat_interleave(O, dim=0) for t in features.skips)
         logits = self.decoder(x, s8, s4)  # (B*O, H, W)

@@ -1,12 +1,19 @@
-"""The inference engine: one object per video owns all state (memory bank, object ids, frame index,
-correction reference); the network stays stateless. ``step(frame, mask=None)`` per frame, in order.
+"""The inference engine: one object per video owns all state; the network stays stateless.
+``step(frame, mask=None)`` per frame, in order; ``remove(ids)`` between steps.
 
-Frames are processed at a short side of ``InferenceConfig.size`` (240, the paper's), padded to a multiple
-of 16, and the probabilities are resized back to the frame's own size.
+The state, each part with one job:
+- ``geometry``: the frame's size <-> the processing size (short side ``InferenceConfig.size``, padded to a
+  multiple of 16), set by the first frame, with a guard on the memory one read needs;
+- ``objects`` (``ObjectManager``): the ids followed, in row order, and each one's correction reference;
+- ``memory`` (``MemoryBank``): the memorised frames, with per-object validity;
+- ``frame_index``.
+A step reads the given mask (``_given``), predicts from memory (``_predict``), pastes the given objects,
+corrects on schedule (``_correction_rates``, ``_correct``), memorises what it writes (``_remember``) and
+returns the probabilities at the frame's size (``_output``).
 """
 from __future__ import annotations
 
-import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,13 +21,16 @@ import torch.nn.functional as F
 
 from .config import InferenceConfig
 from .correction import gradient_correct, normalize_objects
+from .device import free_memory
 from .errors import InputError
 from .geometry import Geometry
-from .memory import MemoryBank, MemoryEntry
+from .memory import MemoryBank
 from .network import CycleVOSNet, soft_aggregate
+from .objects import MAX_OBJECTS, ObjectManager
+from .precision import Precision, pick_precision
 from .video_io import check_mask
 
-MAX_OBJECTS = 255
+__all__ = ["InferenceCore", "MAX_OBJECTS", "box_shaped", "propagate_both_ways"]
 
 
 def box_shaped(onehot: torch.Tensor) -> bool:
@@ -35,122 +45,165 @@ def box_shaped(onehot: torch.Tensor) -> bool:
     return True
 
 
+@dataclass
+class GivenMask:
+    """A mask given with a frame: its object ids, their masks at the frame's size and at the processing
+    size, and whether it is a coarse (box) hint rather than a precise mask."""
+
+    ids: list[int]
+    onehot: torch.Tensor  # (G, H, W) bool
+    soft: torch.Tensor  # (1, G, Hp, Wp)
+    coarse: bool
+
+
 class InferenceCore:
     """Propagates the objects of a mask through a video, one ``step`` per frame.
 
     ``step(frame)`` returns the probabilities of (background, objects...) as a (O+1, H, W) float tensor
-    on the CPU, at the frame's size; ``labels(probs)`` turns them into an id map. A mask on the first
-    frame adds its objects; a mask on a later frame adds new objects and replaces the prediction of the
-    objects it contains, and goes into memory. A precise mask becomes the reference of gradient
-    correction; a box-shaped one (``coarse``, detected when not given) is corrected before it goes
-    into memory, as in the paper's Table 5. With correction on, the corrected mask is both what is
-    returned and what goes into memory.
+    on the CPU, at the frame's size, rows in the order of ``object_ids``; ``labels(probs)`` turns them
+    into an id map. A mask on the first frame adds its objects; a mask on a later frame adds new objects
+    and replaces the prediction of the objects it contains, and goes into memory. A precise mask becomes
+    the correction reference of its objects; a box-shaped one (``coarse``, detected when not given) is
+    corrected before it goes into memory, as in the paper's Table 5. With correction on, the corrected
+    mask is both what is returned and what goes into memory.
     """
 
-    def __init__(self, net: CycleVOSNet, config: InferenceConfig | None = None, device: torch.device | None = None):
+    def __init__(self, net: CycleVOSNet, config: InferenceConfig | None = None, device: torch.device | None = None,
+                 precision: Precision | None = None):
         self.net = net.eval()
         self.config = config or InferenceConfig()
         self.device = device or next(net.parameters()).device
+        self.precision = precision or pick_precision(self.device, self.config.precision)
         self.reset()
 
     def reset(self) -> None:
-        self.memory = MemoryBank(self.config.memory)
-        self.object_ids: list[int] = []
+        self.objects = ObjectManager()
+        self.memory = MemoryBank(self.config.memory, shared_key=self.net.config.memory_encoder == "fused",
+                                 dtype=self.precision.dtype or torch.float32)
         self.frame_index = -1
-        self._reference = None  # (x, features, masks) of the latest precise user mask
         self.geometry: Geometry | None = None  # set by the first frame
 
-    def _autocast(self):
-        if self.device.type == "cuda" and self.config.fp16:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+    @property
+    def object_ids(self) -> list[int]:
+        return self.objects.ids
+
+    def remove(self, ids) -> None:
+        """Stop following the objects ``ids`` from the next frame on (an unknown id is an error)."""
+        self.memory.remove_objects(self.objects.remove([int(i) for i in ids]))
 
     # the step ---------------------------------------------------------------------------------
-    def _parse_mask(self, mask) -> tuple[list[int], torch.Tensor]:
-        ids = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-        present = check_mask(ids, self.geometry.frame, "the mask")
-        return present, torch.from_numpy(ids.astype(np.int64))
-
     def step(self, frame, mask=None, coarse: bool | None = None) -> torch.Tensor:
-        """Process the next frame; ``mask`` is an optional (H, W) map of object ids on this frame."""
-        cfg = self.config
+        """Process the next frame; ``mask`` is an optional (H, W) map of object ids on this frame. A bad
+        frame or mask raises ``InputError`` and leaves the engine as it was."""
         first = self.frame_index < 0
-        self.frame_index += 1
-        if self.geometry is None:
-            H, W = (frame.shape[0], frame.shape[1])
-            self.geometry = Geometry.for_frame(H, W, cfg.size)
-        geo = self.geometry
-        x = geo.frame_in(frame, self.device)  # (1, 3, Hp, Wp)
-        given = None
         if mask is None and first:
             raise InputError("the first frame needs a mask of the objects to follow")
-        if mask is not None:
-            present, ids = self._parse_mask(mask)
-            new = [i for i in present if i not in self.object_ids]
-            if len(self.object_ids) + len(new) > MAX_OBJECTS:
-                raise InputError(f"more than {MAX_OBJECTS} objects: give at most {MAX_OBJECTS}")
-            if new:
-                self.memory.add_objects(len(new))
-                self.object_ids += new
-            given = (present, ids)
-        O = len(self.object_ids)
-        with torch.no_grad(), self._autocast():
+        geo = self.geometry or self._geometry_for(frame)
+        x = geo.frame_in(frame, self.device)  # (1, 3, Hp, Wp)
+        given = self._given(mask, geo, first, coarse) if mask is not None else None
+        if given is not None:  # the first change of state: an error above leaves the engine as it was
+            self.memory.add_objects(len(self.objects.add(given.ids)))
+        self.geometry = geo
+        self.frame_index += 1
+        with torch.no_grad(), self.precision.autocast():
             features = self.net.encode_frame(x)
-            probs = None
-            if len(self.memory) > 0:
-                keys, values, valid = self.memory.stacked()
-                logits = self.net.segment(x, keys, values, features, valid)  # (1, O, Hp, Wp)
-                probs = soft_aggregate(torch.sigmoid(logits.float()))  # (1, O+1, Hp, Wp)
-        masks = probs[:, 1:] if probs is not None else torch.zeros(1, O, *geo.padded, device=self.device)
-        changed = False
+            masks, probs = self._predict(x, features)  # (1, O, Hp, Wp); (1, O+1, Hp, Wp) or None
         if given is not None:
-            present, ids = given
-            idx = [self.object_ids.index(i) for i in present]  # rows of the given objects
-            onehot = torch.stack([ids == i for i in present])  # (G, H, W) bool
-            soft = geo.masks_in(onehot, self.device)  # (1, G, Hp, Wp)
-            masks = masks * (1 - soft.sum(1, keepdim=True).clamp(max=1))  # given pixels leave the others
-            masks[:, idx] = soft
-            changed = True
-            if coarse is None:
-                coarse = not first and box_shaped(onehot)
-            if coarse and cfg.correction.enabled and self._reference is not None:
-                masks = self._correct(masks, x, features, cfg.correction.coarse_alpha)
-            elif not coarse:
-                self._reference = (x, features, masks)
-        elif cfg.correction.enabled and self.frame_index % cfg.correction.K == 0 and self._reference is not None:
-            masks = self._correct(masks, x, features, cfg.correction.alpha)
-            changed = True
-        if changed:
+            masks = self._paste(masks, given)
+        rates = self._correction_rates(given)
+        if bool(rates.any()):
+            masks = self._correct(masks, x, features, rates)
+        if given is not None or bool(rates.any()) or probs is None:
             probs = normalize_objects(masks)
-        if cfg.memory.hard:  # the label map that is written, as one-hot masks
+        if self.config.memory.hard:  # the label map that is written, as one-hot masks
+            O = len(self.objects)
             masks = F.one_hot(probs.argmax(1), O + 1).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)  # (1, O, Hp, Wp)
-        self._remember(x, masks, features, user=given is not None, first=first)
-        out = geo.maps_out(probs)  # (O+1, H, W)
-        if given is not None:  # the given objects are returned exactly as given
-            rows = [i + 1 for i in idx]
-            G = onehot.any(0)  # (H, W)
-            out[rows] = 0
-            out[:, G] = 0
-            for r, m in zip(rows, onehot):
-                out[r][m] = 1
-            out[:, ~G] /= out[:, ~G].sum(0).clamp(min=1e-6)
-        return out
+        self._remember(x, masks, features, given, first)
+        if given is not None and not given.coarse:
+            self.objects.set_reference(self.frame_index, x, features, given.ids, given.soft)
+        return self._output(probs, given)
 
-    def _correct(self, masks: torch.Tensor, x: torch.Tensor, features, alpha: float) -> torch.Tensor:
-        """Eq. 5 on masks (1, O, Hp, Wp) against the reference; objects added after it are left as they are."""
-        ref_x, ref_features, ref_masks = self._reference
+    def _geometry_for(self, frame) -> Geometry:
+        """The first frame's geometry, refused when one memory read would not fit in free memory."""
+        H, W = frame.shape[0], frame.shape[1]
+        geo = Geometry.for_frame(H, W, self.config.size)
+        hw = (geo.padded[0] // 16) * (geo.padded[1] // 16)
+        need, free = MemoryBank.read_bytes(self.memory.slots, hw), free_memory(self.device)
+        if free is not None and need > free // 2:
+            raise InputError(
+                f"processing {W}x{H} frames at size {self.config.size or 'native'} ({geo.scaled[1]}x{geo.scaled[0]}) needs "
+                f"{need / 2**30:.1f} GiB for each memory read, more than half of the {free / 2**30:.1f} GiB free: "
+                f"lower the processing size (e.g. 480) or the memory capacity")
+        return geo
+
+    def _given(self, mask, geo: Geometry, first: bool, coarse: bool | None) -> GivenMask:
+        ids = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        present = check_mask(ids, geo.frame, "the mask")
+        ids = torch.from_numpy(ids.astype(np.int64))
+        onehot = torch.stack([ids == i for i in present])  # (G, H, W) bool
+        if coarse is None:
+            coarse = not first and box_shaped(onehot)
+        return GivenMask(present, onehot, geo.masks_in(onehot, self.device), bool(coarse))
+
+    def _predict(self, x, features) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each object's probability from memory (1, O, Hp, Wp) float32 (0 for objects with no memory
+        yet: added on this frame), and the soft aggregation (1, O+1, Hp, Wp) when every object had one."""
+        O = len(self.objects)
+        masks = torch.zeros(1, O, *self.geometry.padded, device=self.device)
+        rows = torch.nonzero(self.memory.holds())[:, 0]
+        if len(rows) == 0:
+            return masks, None
+        keys, values, valid = self.memory.read()
+        if len(rows) < O:  # leave out the objects that no memory frame holds
+            keys = keys[:, rows] if keys.shape[1] > 1 else keys
+            values, valid = values[:, rows], (valid[:, rows] if valid is not None else None)
+        logits = self.net.segment(x, keys, values, features, valid)  # (1, n, Hp, Wp)
+        probs = soft_aggregate(torch.sigmoid(logits.float()))  # (1, n+1, Hp, Wp)
+        masks[:, rows] = probs[:, 1:]
+        return masks, (probs if len(rows) == O else None)
+
+    def _paste(self, masks: torch.Tensor, given: GivenMask) -> torch.Tensor:
+        """The given objects replace the prediction; their pixels leave every other object."""
+        masks = masks * (1 - given.soft.sum(1, keepdim=True).clamp(max=1))
+        masks[:, self.objects.rows(given.ids)] = given.soft
+        return masks
+
+    def _correction_rates(self, given: GivenMask | None) -> torch.Tensor:
+        """Eq. 5's alpha for each object on this frame (0: not corrected): every K-th frame all objects
+        at ``alpha``; objects given a coarse mask at ``coarse_alpha``; objects given a precise mask never."""
         c = self.config.correction
-        O_ref = ref_masks.shape[1]
-        head = gradient_correct(self.net, masks[:, :O_ref], x, features, ref_x, ref_features, ref_masks, c.N, alpha, c.gamma)
-        return torch.cat([head, masks[:, O_ref:]], 1)
+        rates = torch.zeros(len(self.objects))
+        if not c.enabled:
+            return rates
+        if self.frame_index % c.K == 0:
+            rates[:] = c.alpha
+        if given is not None:
+            rates[self.objects.rows(given.ids)] = c.coarse_alpha if given.coarse else 0.0
+        return rates
 
-    def _remember(self, x, masks, features, user: bool, first: bool) -> None:
+    def _correct(self, masks: torch.Tensor, x, features, rates: torch.Tensor) -> torch.Tensor:
+        """Eq. 5 on masks (1, O, Hp, Wp), each object against its own reference: the objects that share a
+        reference frame are corrected together. Objects without a reference are left as they are."""
+        c = self.config.correction
+        masks = masks.clone()
+        for group in self.objects.reference_groups():
+            r = rates[group.rows]
+            if not bool(r.any()):
+                continue
+            ref = group.reference
+            masks[:, group.rows] = gradient_correct(self.net, masks[:, group.rows], x, features, ref.x, ref.features,
+                                                    group.targets, c.N, r, c.gamma, precision=self.precision)
+        return masks
+
+    def _remember(self, x, masks, features, given: GivenMask | None, first: bool) -> None:
         mem = self.config.memory
+        if not len(self.objects):
+            return  # every object was removed: nothing to remember until one is given again
         if first and not mem.use_first:
             kind = "temp"
         elif first:
             kind = "first"
-        elif user:
+        elif given is not None:
             kind = "user"
         elif mem.use_every_k and self.frame_index % mem.K == 0:
             kind = "periodic"
@@ -158,14 +211,22 @@ class InferenceCore:
             kind = "temp"
         else:
             return
-        with torch.no_grad(), self._autocast():
-            key, value = self.net.memorize(x, masks, features)
-        O = masks.shape[1]
-        entry = MemoryEntry(self.frame_index, kind, key[0].float(), value[0].float(), torch.ones(O, dtype=torch.bool, device=value.device))
-        if kind == "temp":
-            self.memory.set_temp(entry)
-        else:
-            self.memory.add(entry)
+        with torch.no_grad(), self.precision.autocast():
+            key, value = self.net.memory_of(*self.net.memorize(x, masks, features))  # (1, Ok, Ck, hw), (1, O, Cv, hw)
+        self.memory.write(self.frame_index, kind, key[0], value[0])
+
+    def _output(self, probs: torch.Tensor, given: GivenMask | None) -> torch.Tensor:
+        """(O+1, H, W) at the frame's size; the given objects come back exactly as given."""
+        out = self.geometry.maps_out(probs)
+        if given is not None:
+            rows = [r + 1 for r in self.objects.rows(given.ids)]
+            G = given.onehot.any(0)  # (H, W)
+            out[rows] = 0
+            out[:, G] = 0
+            for r, m in zip(rows, given.onehot):
+                out[r][m] = 1
+            out[:, ~G] /= out[:, ~G].sum(0).clamp(min=1e-6)
+        return out
 
     def labels(self, probs: torch.Tensor) -> np.ndarray:
         """(O+1, H, W) probabilities -> (H, W) uint8 map of object ids (0 = background)."""
@@ -173,30 +234,42 @@ class InferenceCore:
         return lut[probs.argmax(0)].numpy()
 
 
-def propagate_both_ways(make_engine, frames, mask, mask_frame: int = 0):
-    """Segment a whole video from a mask drawn on any frame: forward from ``mask_frame`` to the end, then
-    backward from it to the first frame, each pass with a fresh engine from ``make_engine()``.
+def propagate_both_ways(make_engine, frames, keyframes: dict, removals: dict | None = None):
+    """Segment a whole video from masks drawn on one or more frames.
 
-    ``frames`` iterates over ``(key, frame)`` in video order (streamed: only the frames before
-    ``mask_frame`` are kept, for the backward pass). Yields ``(key, frame, labels)`` with labels the (H, W)
-    uint8 id map, in processing order; the drawn frame is yielded once, by the forward pass.
+    ``keyframes`` maps frame indices to (H, W) id maps. Forward from the earliest keyframe to the end,
+    where each later keyframe replaces the prediction of its objects (adding any new one) and goes into
+    memory, and ``removals`` ({frame index: [ids]}) stop following objects from that frame on; then
+    backward from the earliest keyframe to the first frame, with a fresh engine from ``make_engine()``.
+
+    ``frames`` iterates over ``(key, frame)`` in video order (streamed: only the frames before the earliest
+    keyframe are kept, for the backward pass). Yields ``(key, frame, labels)`` with labels the (H, W) uint8
+    id map, in processing order; the earliest keyframe is yielded once, by the forward pass.
     """
+    if not keyframes:
+        raise InputError("no mask given: draw the objects on at least one frame")
+    removals = removals or {}
+    start = min(keyframes)
     engine = make_engine()
     head, anchor, count = [], None, 0
     for i, (key, frame) in enumerate(frames):
         count = i + 1
-        if i < mask_frame:
+        if i < start:
             head.append((key, frame))
             continue
-        probs = engine.step(frame, mask if i == mask_frame else None)
-        if i == mask_frame:
+        if i in removals:
+            engine.remove(removals[i])
+        probs = engine.step(frame, keyframes.get(i))
+        if i == start:
             anchor = frame
         yield key, frame, engine.labels(probs)
-    if anchor is None:
-        raise InputError(f"the mask is drawn on frame {mask_frame} but the video has {count} frames (0..{count - 1})")
+    late = max(list(keyframes) + list(removals))
+    if anchor is None or late >= count:
+        frame = start if anchor is None else late
+        raise InputError(f"a mask or removal is given on frame {frame} but the video has {count} frames (0..{count - 1})")
     if head:
         del engine  # free the forward pass's memory before the backward one
         engine = make_engine()
-        engine.step(anchor, mask)
+        engine.step(anchor, keyframes[start])
         for key, frame in reversed(head):
             yield key, frame, engine.labels(engine.step(frame))

@@ -18,7 +18,7 @@ def net():
 
 
 def engine(net, **memory):
-    return InferenceCore(net, InferenceConfig(size=64, memory=MemoryConfig(**memory), correction=CorrectionConfig(enabled=False)))
+    return InferenceCore(net, InferenceConfig(size=64, precision="fp32", memory=MemoryConfig(**memory), correction=CorrectionConfig(enabled=False)))
 
 
 def test_output_is_at_the_frame_size_and_a_distribution(net):
@@ -53,14 +53,18 @@ def test_memory_stays_within_capacity(net):
 
 def test_memory_bank_drops_oldest_non_first():
     bank = MemoryBank(MemoryConfig(capacity=2))
-    mk = lambda i, kind: MemoryEntry(i, kind, torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 1, 1), torch.ones(1, dtype=torch.bool))
-    bank.add(mk(0, "first"))
-    bank.add(mk(3, "user"))
-    bank.add(mk(5, "periodic"))
-    bank.add(mk(10, "periodic"))
+    for i, kind in [(0, "first"), (3, "user"), (5, "periodic"), (10, "periodic")]:
+        bank.write(i, kind, torch.full((1, 2, 3), float(i)), torch.full((1, 2, 3), float(i)))
     assert [e.frame_index for e in bank.entries] == [0, 3, 10]  # periodic goes before user
-    bank.add(mk(12, "user"))
-    assert [e.frame_index for e in bank.entries] == [0, 3, 12]
+    bank.write(11, "temp", torch.full((1, 2, 3), 11.0), torch.full((1, 2, 3), 11.0))
+    bank.write(12, "user", torch.full((1, 2, 3), 12.0), torch.full((1, 2, 3), 12.0))
+    assert [e.frame_index for e in bank.entries] == [0, 3, 12] and bank.temp is None
+    # the read holds exactly the kept frames' keys and values, whatever slots they moved to
+    keys, values, valid = bank.read()
+    assert valid is None and keys.shape == (1, 1, 2, 3 * 3)
+    assert sorted(set(values[0, 0, 0].tolist())) == [0.0, 3.0, 12.0]
+    for e in bank.entries:
+        assert (bank.value_of(e) == e.frame_index).all()
 
 
 def test_object_added_on_a_later_frame(net):
@@ -75,7 +79,7 @@ def test_object_added_on_a_later_frame(net):
     ids = eng.labels(p)
     assert (ids[labels[2] == 2] == 7).all()
     # older memory frames hold no value for the new object
-    valid = {e.frame_index: e.valid.tolist() for e in eng.memory.all_entries()}
+    valid = {e.frame_index: eng.memory.valid_of(e).tolist() for e in eng.memory.all_entries()}
     assert valid[0] == [True, False] and valid[2] == [True, True]
     p = eng.step(frames[3])
     assert p.shape[0] == 3
@@ -150,7 +154,7 @@ def test_memory_holds_the_written_label_map(net, hard, gc):
     """hard: each frame is memorised as the label map that is written (a corrected frame too); soft: as its
     probabilities (corrected: Eq. 5's values)."""
     frames, labels = moving_square_clip(n=3, objects=2)
-    cfg = InferenceConfig(size=64, memory=MemoryConfig(hard=hard), correction=CorrectionConfig(enabled=gc, K=2, N=2, alpha=5000.0))
+    cfg = InferenceConfig(size=64, precision="fp32", memory=MemoryConfig(hard=hard), correction=CorrectionConfig(enabled=gc, K=2, N=2, alpha=5000.0))
     eng = InferenceCore(net, cfg)
     eng.step(frames[0], labels[0])
     eng.step(frames[1])
@@ -160,6 +164,6 @@ def test_memory_holds_the_written_label_map(net, hard, gc):
     with torch.no_grad():
         _, v_written = net.memorize(x, written)
         _, v_soft = net.memorize(x, p[:, 1:])
-    stored = eng.memory.temp.value[None]
+    stored = eng.memory.value_of(eng.memory.temp).reshape(v_written.shape)
     d_written, d_soft = (stored - v_written).abs().max(), (stored - v_soft).abs().max()
     assert (d_written < d_soft / 5) if hard else (d_soft < d_written / 5)

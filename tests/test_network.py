@@ -17,7 +17,9 @@ def test_shapes_through_memorize_and_segment():
         k, v = net.memorize(x, masks, f)
         assert k.shape == (2, 1, 64, 4, 6)  # fused encoder: one key shared by all objects
         assert v.shape == (2, 3, 128, 4, 6)
-        logits = net.segment(x, torch.stack([k, k], 2), torch.stack([v, v], 2), f)
+        k, v = net.memory_of(k, v)
+        assert k.shape == (2, 1, 64, 24) and v.shape == (2, 3, 128, 24)
+        logits = net.segment(x, torch.cat([k, k], -1), torch.cat([v, v], -1), f)  # two memory frames
         assert logits.shape == (2, 3, 64, 96)
 
 
@@ -31,31 +33,58 @@ def test_memorize_without_features_matches_with_features():
     assert torch.allclose(a[1], b[1])
 
 
+def _two_frame_memory(net, x, f, objects=3):
+    k1, v1 = net.memory_of(*net.memorize(x, torch.rand(1, objects, 32, 48), f))
+    k2, v2 = net.memory_of(*net.memorize(x, torch.rand(1, objects, 32, 48), f))
+    return torch.cat([k1, k2], -1), torch.cat([v1, v2], -1), v1.shape[-1]
+
+
 def test_invalid_memory_frames_are_left_out_per_object():
-    """An object added later must read only the memory frames that hold it."""
+    """An object added later must read only the memory frames that hold it; objects that hold the same
+    frames share one softmax, so the read equals one done with only those frames."""
     torch.manual_seed(0)
     net = CycleVOSNet().eval()
     x = torch.rand(1, 3, 32, 48)
     with torch.no_grad():
         f = net.encode_frame(x)
-        k1, v1 = net.memorize(x, torch.rand(1, 2, 32, 48), f)
-        k2, v2 = net.memorize(x, torch.rand(1, 2, 32, 48), f)
-        keys, values = torch.stack([k1, k2], 2), torch.stack([v1, v2], 2)
-        valid = torch.tensor([[[True, True], [False, True]]])
+        keys, values, hw = _two_frame_memory(net, x, f)
+        valid = torch.ones(1, 3, 2 * hw, dtype=torch.bool)
+        valid[0, 1:, :hw] = False  # objects 2 and 3 were added on the second frame
         masked = net.segment(x, keys, values, f, valid=valid)
-        only_second = net.segment(x, keys[:, :, 1:], values[:, :, 1:], f)
+        only_second = net.segment(x, keys[..., hw:], values[..., hw:], f)
         full = net.segment(x, keys, values, f)
-    assert torch.allclose(masked[:, 1], only_second[:, 1], atol=1e-5)
-    assert torch.allclose(masked[:, 0], full[:, 0])
+    assert torch.allclose(masked[:, 1:], only_second[:, 1:], atol=1e-5)
+    assert torch.allclose(masked[:, 0], full[:, 0], atol=1e-5)
     assert not torch.allclose(masked[:, 1], full[:, 1])
 
 
-def test_soft_aggregation_sums_to_one():
-    p = torch.rand(2, 4, 8, 8)
-    agg = soft_aggregate(p)
-    assert agg.shape == (2, 5, 8, 8)
-    assert torch.allclose(agg.sum(1), torch.ones(2, 8, 8), atol=1e-5)
-    assert (agg >= 0).all()
+def test_an_object_without_memory_reads_nothing_and_spoils_nothing():
+    torch.manual_seed(0)
+    net = CycleVOSNet().eval()
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        f = net.encode_frame(x)
+        keys, values, hw = _two_frame_memory(net, x, f, objects=2)
+        valid = torch.ones(1, 2, 2 * hw, dtype=torch.bool)
+        valid[0, 1] = False  # no memory frame holds object 2
+        out = net.segment(x, keys, values, f, valid=valid)
+        alone = net.segment(x, keys, values[:, :1], f)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out[:, 0], alone[:, 0], atol=1e-5)
+
+
+def test_soft_aggregation_is_stm_s_odds_product():
+    """STM's soft aggregation: background prod(1 - p_i), each object p_i, both turned into odds p/(1-p)
+    and normalised: softmax of their logits."""
+    p = torch.tensor([0.9, 0.3, 0.05]).view(1, 3, 1, 1)
+    bg = (1 - 0.9) * (1 - 0.3) * (1 - 0.05)
+    odds = torch.tensor([bg / (1 - bg), 0.9 / 0.1, 0.3 / 0.7, 0.05 / 0.95])
+    expected = odds / odds.sum()
+    agg = soft_aggregate(p)[0, :, 0, 0]
+    assert torch.allclose(agg, expected, atol=1e-6)
+    assert agg.argmax() == 1  # the most likely object wins
+    low = soft_aggregate(torch.full((1, 2, 1, 1), 0.01))[0, :, 0, 0]
+    assert low[0] > 0.95  # nothing likely: background
 
 
 def test_mask_loss_is_eq4():
