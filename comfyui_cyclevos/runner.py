@@ -38,47 +38,70 @@ def check_output_dir(out: Path) -> None:
     """Refuse to replace anything but an empty folder or a finished cyclevos output."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DONE_FILE).is_file())):
         raise InputError(f"{out} exists and is not a cyclevos output folder: choose another --out or remove it")
+    parent = out.absolute().parent
+    while not parent.exists():  # the nearest existing folder above must take the new ones
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create {out}: {parent} is not a writable folder: choose a writable --out")
 
 
 def _prepare_out_dir(out: Path) -> Path:
     """A fresh ``OUT.partial`` folder beside ``out``."""
     check_output_dir(out)
     partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    try:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output folder {partial} ({e.strerror or e}): choose a writable --out") from None
     return partial
+
+
+def check_keyframes(keyframes: dict[int, np.ndarray], frame_size: tuple[int, int], frames: int | None = None) -> list[int]:
+    """Check every keyframe's mask against the frame size (and the frame count when known); returns the
+    object ids of the earliest one."""
+    if not keyframes:
+        raise InputError("no mask given: draw the objects on at least one frame (--mask FILE)")
+    for index, mask in sorted(keyframes.items()):
+        if frames is not None and not 0 <= index < frames:
+            raise InputError(f"a mask is given for frame {index} but the video has {frames} frames (0..{frames - 1})")
+        check_mask(mask, frame_size, "the mask" if len(keyframes) == 1 else f"the mask of frame {index}")
+    return check_mask(keyframes[min(keyframes)], frame_size)
 
 
 def segment_video(
     net: CycleVOSNet,
     source: FrameSource,
-    first_mask: np.ndarray,
+    keyframes: dict[int, np.ndarray],
     out_dir: str | os.PathLike,
     config: InferenceConfig | None = None,
     device: torch.device | None = None,
     overlay_path: str | os.PathLike | None = None,
     mask_video_path: str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
-    mask_frame: int = 0,
+    removals: dict[int, list[int]] | None = None,
 ) -> RunStats:
-    """Segment every frame of ``source`` from ``first_mask`` (ids drawn on frame ``mask_frame``, the first
-    by default; from a later frame the video is segmented forward and then backward) into ``out_dir``.
+    """Segment every frame of ``source`` from the ids drawn on one or more frames (``keyframes``: frame
+    index -> (H, W) id map) into ``out_dir``: forward from the earliest keyframe (later ones replace the
+    prediction of their objects), then backward from it to the start; ``removals`` ({frame: [ids]}) stop
+    following objects from a frame on.
 
     The PNGs go to ``out_dir.partial`` and the folder is renamed to ``out_dir`` after the last frame
     (with a ``cyclevos.json`` summary); an error or an interruption leaves only the ``.partial`` folder.
     """
     out = Path(out_dir)
-    objects = check_mask(first_mask, source.size, "the mask")
-    if (overlay_path or mask_video_path) and mask_frame:
-        raise InputError("--overlay and --mask-video need the mask on the first frame (--mask-frame 0)")
+    objects = check_keyframes(keyframes, source.size)
+    start = min(keyframes)
+    if (overlay_path or mask_video_path) and start:
+        raise InputError("--overlay and --mask-video need a mask on the first frame (frame 0)")
     partial = _prepare_out_dir(out)
     written = 0
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         ov = stack.enter_context(OverlayVideoWriter(overlay_path, source.fps, source.size)) if overlay_path else None
         mv = stack.enter_context(MaskVideoWriter(mask_video_path, source.fps, source.size)) if mask_video_path else None
-        for stem, frame, ids in propagate_both_ways(lambda: InferenceCore(net, config, device), source, first_mask, mask_frame):
+        for stem, frame, ids in propagate_both_ways(lambda: InferenceCore(net, config, device), source, keyframes, removals):
             write_palette_png(partial / f"{stem}.png", ids)
             if ov is not None:
                 ov.write(frame, ids)
@@ -93,7 +116,9 @@ def segment_video(
         raise InputError(f"{source.path} yielded {written} of its {expected} frames: the video is truncated or damaged; re-encode it")
     stats = RunStats(written, objects, seconds)
     summary = {"input": str(source.path), "frames": written, "objects": objects, "seconds": round(seconds, 3),
-               "fps": round(stats.fps, 3), "mask_frame": mask_frame, "config": asdict(config or InferenceConfig()), "model": net.config.to_dict()}
+               "fps": round(stats.fps, 3), "keyframes": sorted(keyframes), "mask_frame": start,
+               "removals": {str(k): v for k, v in sorted((removals or {}).items())},
+               "config": asdict(config or InferenceConfig()), "model": net.config.to_dict()}
     (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
     if out.exists():
         shutil.rmtree(out)
@@ -120,7 +145,7 @@ def segment_davis(
         frame_paths, annotations = sequence_paths(data, name)
         if not annotations:
             raise InputError(f"sequence {name} has no annotation: the first frame's mask is needed")
-        stats = segment_video(net, open_frames(frame_paths[0].parent), read_mask(annotations[0]), Path(out_root) / name, config, device)
+        stats = segment_video(net, open_frames(frame_paths[0].parent), {0: read_mask(annotations[0])}, Path(out_root) / name, config, device)
         if log is not None:
             log(f"{name}: {stats.frames} frames, {stats.fps:.2f} frames/s")
         total.frames += stats.frames

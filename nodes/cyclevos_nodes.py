@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -148,12 +149,12 @@ class CycleVOSModel:
 
     net: torch.nn.Module
     device: torch.device
-    precision: str  # "fp32" or "fp16"
+    precision: "Precision"  # resolved for the device (comfyui_cyclevos.precision)
     path: str
     gc_rate: float  # the checkpoint's measured correction rate (alpha), else the paper's 150
 
     def __repr__(self) -> str:
-        return f"CycleVOSModel({Path(self.path).name}, {self.device}, {self.precision})"
+        return f"CycleVOSModel({Path(self.path).name}, {self.device}, {self.precision.name})"
 
 
 @dataclass(eq=False)
@@ -240,25 +241,21 @@ def resolve_checkpoint(name: str) -> Path:
                      "(or convert STM weights with 'cyclevos convert') and refresh")
 
 
-def _resolve_device(device: str, precision: str) -> tuple[torch.device, str]:
+def _resolve_device(device: str, precision: str):
+    """The device, and the precision resolved for it by the library's policy (``auto``: fp16 on CUDA,
+    bf16 on CPUs with native bf16, fp32 elsewhere; one it cannot run is an error)."""
     from ..comfyui_cyclevos.device import pick_device
+    from ..comfyui_cyclevos.precision import pick_precision
 
     if device == "auto":
         dev = _comfy_device()
         dev = dev if dev is not None and dev.type in ("cpu", "cuda") else pick_device("auto")
     else:
         dev = pick_device(device)
-    if precision not in ("fp32", "fp16"):
-        raise InputError(f"unknown precision {precision!r}: use fp32 or fp16")
-    if precision == "fp16" and dev.type != "cuda":
-        if device == "cpu":
-            raise InputError("fp16 runs on CUDA only: choose precision fp32 for the CPU")
-        log.warning("cyclevos: fp16 needs CUDA; running in fp32 on %s", dev)
-        precision = "fp32"
-    return dev, precision
+    return dev, pick_precision(dev, precision)
 
 
-def load_model(path: str | os.PathLike, device: str = "auto", precision: str = "fp32") -> CycleVOSModel:
+def load_model(path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> CycleVOSModel:
     """Load a checkpoint once: later calls with the same file (path, size, mtime), device and precision
     get the same object; a changed file is read again and its stale entries dropped."""
     from ..comfyui_cyclevos.checkpoint import checkpoint_meta, load_checkpoint
@@ -270,7 +267,7 @@ def load_model(path: str | os.PathLike, device: str = "auto", precision: str = "
         st = path.stat()
     except OSError:
         raise InputError(f"checkpoint {path} not found") from None
-    key = (str(path), st.st_mtime_ns, st.st_size, str(dev), precision)
+    key = (str(path), st.st_mtime_ns, st.st_size, str(dev), precision.name)
     with _MODEL_CACHE_LOCK:
         hit = _MODEL_CACHE.get(key)
         if hit is not None:
@@ -481,10 +478,10 @@ class CycleVOSLoadModel:
         return {"required": {
             "checkpoint": (list_checkpoints(), {"tooltip": "A cyclevos .pt checkpoint (models/cyclevos/ or the pack's weights/)."}),
             "device": (["auto", "cpu", "cuda"], {"default": "auto", "tooltip": "auto: ComfyUI's device if it is a CUDA GPU, else the CPU."}),
-            "precision": (["fp32", "fp16"], {"default": "fp32", "tooltip": "fp16 (autocast) runs on CUDA only; faster, with a small loss in accuracy."}),
+            "precision": (["auto", "fp32", "bf16", "fp16"], {"default": "auto", "tooltip": "Autocast dtype. auto: fp16 on a CUDA GPU, bf16 on CPUs that run it natively, fp32 elsewhere."}),
         }}
 
-    def load(self, checkpoint, device="auto", precision="fp32"):
+    def load(self, checkpoint, device="auto", precision="auto"):
         return (load_model(resolve_checkpoint(checkpoint), device, precision),)
 
 
@@ -493,7 +490,7 @@ def _inference_config(model: CycleVOSModel, size, mem_every, mem_capacity, gradi
 
     return InferenceConfig(
         size=int(size),
-        fp16=model.precision == "fp16",
+        precision=model.precision.name,
         memory=MemoryConfig(K=int(mem_every), capacity=int(mem_capacity)),
         correction=CorrectionConfig(enabled=bool(gradient_correction), K=int(gc_every), N=int(gc_steps),
                                     alpha=float(gc_rate) if gc_rate > 0 else model.gc_rate),
@@ -507,8 +504,8 @@ def propagate_frames(model: CycleVOSModel, frames: torch.Tensor, ids: np.ndarray
     from ..comfyui_cyclevos.propagate import InferenceCore, propagate_both_ways
 
     out = torch.zeros(frames.shape[:3], dtype=torch.uint8)
-    make_engine = lambda: InferenceCore(model.net, config, model.device)
-    for done, (t, _, labels) in enumerate(propagate_both_ways(make_engine, enumerate(frames), ids, frame_index), 1):
+    make_engine = lambda: InferenceCore(model.net, config, model.device, model.precision)
+    for done, (t, _, labels) in enumerate(propagate_both_ways(make_engine, enumerate(frames), {frame_index: ids}), 1):
         if progress is not None:
             progress.check()
         out[t] = torch.from_numpy(labels)
@@ -616,7 +613,7 @@ class CycleVOSGradientCorrect:
 
         out = correct_sequence(model.net, frames, masks, int(reference_frame), ref, int(steps),
                                float(rate) if rate > 0 else model.gc_rate, every=int(every), size=int(size),
-                               device=model.device, progress=report)
+                               device=model.device, progress=report, precision=model.precision)
         return (out.float().contiguous(),)
 
 
@@ -774,22 +771,29 @@ class CycleVOSSaveMasks:
         progress = _Progress(B)
         ui_images = []
         png_dir = folder / stem
+        partial = folder / f".{stem}.partial"  # renamed to png_dir when every frame is written
         writer = MaskVideoWriter(folder / f"{stem}.mp4", fps, (H, W)) if save_video else None
         try:
+            if save_png:
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir(parents=True)
             for t in range(B):
                 progress.check()
                 frame_ids = ids[t].numpy()
                 if save_png:
-                    write_palette_png(png_dir / f"{t:05d}.png", frame_ids)
+                    write_palette_png(partial / f"{t:05d}.png", frame_ids)
                     ui_images.append({"filename": f"{t:05d}.png", "subfolder": _join(subfolder, stem), "type": "output"})
                 if writer is not None:
                     writer.write(frame_ids)
                 progress.update(t + 1)
             if writer is not None:
                 writer.close()
+            if save_png:
+                os.replace(partial, png_dir)
         except BaseException:
             if writer is not None:
                 writer.abort()
+            shutil.rmtree(partial, ignore_errors=True)
             raise
         if writer is not None:
             ui = {"images": [{"filename": f"{stem}.mp4", "subfolder": subfolder, "type": "output"}], "animated": (True,)}

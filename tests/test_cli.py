@@ -149,3 +149,10 @@ def test_mask_on_a_later_frame_segments_both_ways(tmp_path, random_checkpoint):
     assert np.array_equal(np.asarray(Image.open(pngs[3])), labels[3])
     line = _one_line_error(run("segment", d, "--mask", tmp_path / "m3.png", "--mask-frame", 9, "--out", tmp_path / "o2", "--weights", random_checkpoint, "--size", 64))
     assert "frame 9" in line and not (tmp_path / "o2").exists()
+
+
+def test_an_unwritable_out_is_a_one_line_error(clip_folder, random_checkpoint, tmp_path):
+    frames, mask = clip_folder
+    (tmp_path / "file").write_text("not a folder")
+    line = _one_line_error(run("segment", frames, "--mask", mask, "--out", tmp_path / "file" / "o", "--weights", random_checkpoint, "--size", 64))
+    assert "file" in line and "--out" in line

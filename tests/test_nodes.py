@@ -280,7 +280,15 @@ def test_propagate_from_a_later_frame_goes_both_ways(model, frames) -> None:
     _is_mask(mask)
     assert (masks.ids[3].numpy() == (_ids() > 0)).all()
     assert calls[0] == ("total", B) and calls[-1] == B  # every frame once
-    assert bool(masks.ids[0].any()) or bool(masks.ids[5].any())  # frames on both sides were segmented
+    # frames on both sides are the library's: forward from frame 3 to the end, backward from it to frame 0
+    InferenceCore = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.propagate").InferenceCore
+    config = N._inference_config(model, 64, 5, 16, False, 5, 10, 0.0)
+    drawn = (_ids() > 0).astype(np.uint8)
+    for order in ([3, 4, 5], [3, 2, 1, 0]):
+        engine = InferenceCore(model.net, config, model.device, model.precision)
+        for t in order:
+            labels = engine.labels(engine.step(frames[t], drawn if t == 3 else None))
+            assert (masks.ids[t].numpy() == labels).all(), t
 
 
 def test_propagate_resizes_a_mask_drawn_at_another_resolution(model, frames) -> None:
@@ -416,6 +424,25 @@ def test_save_masks_png_and_video(model, frames, objects, tmp_path, monkeypatch)
     assert res["ui"]["images"][0]["subfolder"] == "run/bear_00002_"
     with pytest.raises(_errors().InputError, match="outside"):
         node.save("../escape", True, False, 12.0, masks=masks)
+
+
+def test_an_interrupted_save_leaves_no_complete_looking_folder(model, frames, objects, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _, masks = M["CycleVOSPropagate"]().propagate(model, frames, objects, 5, 16, 64, False, 5, 10, 0.0)
+    video_io = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.video_io")
+    real, written = video_io.write_palette_png, []
+
+    def fail_on_the_fourth(path, ids):
+        if len(written) == 3:
+            raise KeyboardInterrupt  # the user cancels, or the disk fills
+        written.append(path)
+        real(path, ids)
+
+    monkeypatch.setattr(video_io, "write_palette_png", fail_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        M["CycleVOSSaveMasks"]().save("run/bear", True, False, 12.0, masks=masks)
+    assert len(written) == 3
+    assert list((tmp_path / "output" / "run").iterdir()) == []  # neither the folder nor its partial copy
 
 
 # ----------------------------------------------------------------------------- packaging
