@@ -1,6 +1,11 @@
 """Cyclic training (paper Eq. 2-4): forward through a 3-frame clip, then each predicted frame predicts the
 reference frame back from its own memory, and both directions are scored with Eq. 4.
 
+Two stages, as STM: an optional static stage on synthetic clips made from single images with masks
+(``static_clips``), then the video stage on DAVIS-layout sequences; each stage has its own warm-up and
+cosine decay. The forward passes run under the precision policy's autocast (bf16 where the hardware has
+it) on channels-last tensors, and the encoder's layers at 1/2 and 1/4 keep their ImageNet values.
+
 Runs on the CPU or one GPU as it is, and on several GPUs under ``torchrun`` (DistributedDataParallel).
 """
 from __future__ import annotations
@@ -9,23 +14,27 @@ import csv
 import json
 import math
 import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .data import ClipConfig, ClipSampler
+from .errors import InputError
 from .losses import mask_loss
 from .network import CycleVOSNet, soft_aggregate
+from .precision import pick_precision
+from .static_clips import StaticClipConfig, StaticClipSampler
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 3500
+    steps: int = 3500  # video stage
     batch: int = 4
     lr: float = 2e-4
     backbone_lr: float = 5e-5
@@ -39,11 +48,29 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     threads: int = 0  # 0: torch's default
+    precision: str = "auto"  # precision.pick_precision(training=True): bf16 where native, else fp32
+    freeze_early: bool = True  # the encoder's layers at 1/2 and 1/4 keep their ImageNet values
     clip: ClipConfig = field(default_factory=ClipConfig)
+    static_roots: tuple[str, ...] = ()  # folders of images with masks (DUTS-TR, ECSSD)
+    static_steps: int = 0  # the static stage, before the video stage's ``steps``
+    static_share: float = 0.0  # share of static batches during the video stage
+    static: StaticClipConfig = field(default_factory=StaticClipConfig)
+
+    @property
+    def total_steps(self) -> int:
+        return self.static_steps + self.steps
+
+    def stage(self, step: int) -> tuple[str, int, int]:
+        """(stage name, step within the stage, the stage's length) of a global step."""
+        if step < self.static_steps:
+            return "static", step, self.static_steps
+        return "video", step - self.static_steps, self.steps
 
     def max_skip(self, step: int) -> int:
+        """Largest frame gap of the video stage: +``max_skip_step`` every ``skip_every`` of its steps."""
         every = self.skip_every or max(self.steps // 5, 1)
-        return min(self.max_skip_start + self.max_skip_step * (step // every), self.max_skip_cap)
+        video_step = max(step - self.static_steps, 0)
+        return min(self.max_skip_start + self.max_skip_step * (video_step // every), self.max_skip_cap)
 
 
 class CycleLoss(nn.Module):
@@ -61,19 +88,19 @@ class CycleLoss(nn.Module):
         feats = net.encode_frame(frames.flatten(0, 1))  # batched over every frame of every clip
 
         fts = [feats.select(torch.arange(B, device=frames.device) * T + t) for t in range(T)]
-        k, v = net.memorize(frames[:, 0], masks[:, :, 0], fts[0])  # (B, O, Ck, h, w), (B, O, Cv, h, w)
+        k, v = net.memory_of(*net.memorize(frames[:, 0], masks[:, :, 0], fts[0]))  # (B, Ok, Ck, hw), (B, O, Cv, hw)
         keys, values = [k], [v]
         forward_loss, cycle_loss = 0.0, 0.0
         for t in range(1, T):
-            logits = net.segment(frames[:, t], torch.stack(keys, 2), torch.stack(values, 2), fts[t])
-            probs = soft_aggregate(torch.sigmoid(logits) * live)[:, 1:]  # (B, O, S, S)
+            logits = net.segment(frames[:, t], torch.cat(keys, -1), torch.cat(values, -1), fts[t])  # (B, O, S, S)
+            probs = soft_aggregate(torch.sigmoid(logits.float()) * live)[:, 1:]  # (B, O, S, S)
             forward_loss = forward_loss + mask_loss(probs, masks[:, :, t], self.gamma, valid)
-            k, v = net.memorize(frames[:, t], probs, fts[t])  # the prediction, not detached (paper §3.2)
+            k, v = net.memory_of(*net.memorize(frames[:, t], probs, fts[t]))  # the prediction, not detached (paper §3.2)
             keys.append(k)
             values.append(v)
             if self.cyclic:  # Eq. 2: predict the reference frame back from {X_t, Y^_t} alone
-                back = net.segment(frames[:, 0], k[:, :, None], v[:, :, None], fts[0])
-                back = soft_aggregate(torch.sigmoid(back) * live)[:, 1:]
+                back = net.segment(frames[:, 0], k, v, fts[0])
+                back = soft_aggregate(torch.sigmoid(back.float()) * live)[:, 1:]
                 cycle_loss = cycle_loss + mask_loss(back, masks[:, :, 0], self.gamma, valid)
         n = T - 1
         total = (forward_loss + cycle_loss) / n  # Eq. 3, averaged over the clip's frames
@@ -89,21 +116,25 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def _param_groups(net: CycleVOSNet, cfg: TrainConfig):
-    backbone = [p for n, p in net.named_parameters() if n.startswith(("encoder.", "memory_backbone."))]
+    trained = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    backbone = [p for n, p in trained if n.startswith(("encoder.", "memory_backbone."))]
     ids = {id(p) for p in backbone}
-    rest = [p for p in net.parameters() if id(p) not in ids]
+    rest = [p for _, p in trained if id(p) not in ids]
     return [{"params": backbone, "lr": cfg.backbone_lr, "base_lr": cfg.backbone_lr}, {"params": rest, "lr": cfg.lr, "base_lr": cfg.lr}]
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+    """Linear warm-up, then cosine decay to 0, restarted for each stage."""
+    _, i, n = cfg.stage(step)
+    if i < cfg.warmup:
+        return (i + 1) / cfg.warmup
+    return 0.5 * (1 + math.cos(math.pi * (i - cfg.warmup) / max(1, n - cfg.warmup)))
 
 
 def train(data: str, out: str, cfg: TrainConfig, model_cfg: ModelConfig = ModelConfig(), resume: bool = False,
-          init: str | None = None, log=print) -> Path:
-    """Train and return the path of the final checkpoint (``out/final.pt``)."""
+          init: str | None = None, warm_start: str | None = None, log=print) -> Path:
+    """Train and return the path of the final checkpoint (``out/final.pt``). ``warm_start``: a cyclevos
+    checkpoint whose weights (and model config, which replaces ``model_cfg``) training starts from."""
     rank, local_rank, world = _distributed()
     if world > 1:
         import torch.distributed as dist
@@ -117,17 +148,18 @@ def train(data: str, out: str, cfg: TrainConfig, model_cfg: ModelConfig = ModelC
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    net = CycleVOSNet(model_cfg)
-    if init:
-        if model_cfg.encoder == "lite0":
-            net.encoder.load_imagenet(init)
-        else:  # STM initialises both encoders from ImageNet (the mask stems stay random)
-            net.encoder.load_pretrained(init)
-            if model_cfg.memory_encoder == "stm":
-                net.memory_backbone.load_pretrained(init)
+    if warm_start:
+        net = load_checkpoint(warm_start).train()
+        model_cfg = net.config
+        log(f"starting from the weights of {warm_start}")
     else:
-        _init_encoder(net, model_cfg)
-    net.to(device)
+        net = CycleVOSNet(model_cfg)
+        _load_imagenet(net, model_cfg, init)
+    if cfg.freeze_early:
+        for m in net.encoder.early_modules():
+            m.requires_grad_(False)
+    net.to(device, memory_format=torch.channels_last)
+    precision = pick_precision(device, cfg.precision, training=True)
     wrapper: nn.Module = CycleLoss(net, cfg.cyclic, cfg.gamma)
     if world > 1:
         wrapper = nn.parallel.DistributedDataParallel(wrapper, device_ids=[local_rank] if device.type == "cuda" else None)
@@ -145,7 +177,7 @@ def train(data: str, out: str, cfg: TrainConfig, model_cfg: ModelConfig = ModelC
         log(f"resumed from {state_path} at step {step}")
     elif resume:
         log(f"no {state_path} to resume from: starting at step 0")
-    sampler = ClipSampler(data, cfg.clip)
+    samplers = _samplers(data, cfg)
     if rank == 0:
         (out_dir / "train_config.json").write_text(json.dumps({"train": asdict(cfg), "model": model_cfg.to_dict()}, indent=2))
     log_path = out_dir / "log.csv"
@@ -158,14 +190,19 @@ def train(data: str, out: str, cfg: TrainConfig, model_cfg: ModelConfig = ModelC
     logf = open(log_path, "w" if new_log else "a", newline="")
     writer = csv.writer(logf)
     if new_log:
-        writer.writerow(["step", "loss", "forward", "cycle", "max_skip", "samples_per_s"])
+        writer.writerow(["step", "stage", "loss", "forward", "cycle", "max_skip", "samples_per_s"])
+    log(f"training {cfg.static_steps} static + {cfg.steps} video steps, precision {precision.name}")
     net.train()
     t0, seen = time.time(), 0
-    while step < cfg.steps:
+    while step < cfg.total_steps:
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * _lr_factor(step, cfg)
-        frames, masks, valid = sampler.sample(cfg.batch, cfg.max_skip(step), g)
-        losses = wrapper(frames.to(device), masks.to(device), valid.to(device))
+        stage = cfg.stage(step)[0]
+        if stage == "video" and cfg.static_share and float(torch.rand(1, generator=g)) < cfg.static_share:
+            stage = "static-mix"
+        frames, masks, valid = samplers[stage].sample(cfg.batch, cfg.max_skip(step), g)
+        with precision.autocast():
+            losses = wrapper(frames.to(device), masks.to(device), valid.to(device))
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()
@@ -173,14 +210,16 @@ def train(data: str, out: str, cfg: TrainConfig, model_cfg: ModelConfig = ModelC
         seen += cfg.batch * world
         if rank == 0:
             sps = seen / (time.time() - t0)
-            writer.writerow([step, f"{losses['loss'].item():.5f}", f"{losses['forward'].item():.5f}",
+            writer.writerow([step, stage, f"{losses['loss'].item():.5f}", f"{losses['forward'].item():.5f}",
                              f"{losses['cycle'].item():.5f}" if "cycle" in losses else "", cfg.max_skip(step), f"{sps:.3f}"])
             if step % 25 == 0:
                 logf.flush()
-                log(f"step {step}/{cfg.steps} loss {losses['loss'].item():.4f} max_skip {cfg.max_skip(step)} {sps:.2f} samples/s")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                log(f"step {step}/{cfg.total_steps} ({stage}) loss {losses['loss'].item():.4f} max_skip {cfg.max_skip(step)} {sps:.2f} samples/s")
+            if step % cfg.checkpoint_every == 0 or step in (cfg.static_steps, cfg.total_steps):
                 logf.flush()
                 _save_state(state_path, net, opt, g, step)
+                if step == cfg.static_steps:  # the static stage's end, to start other video stages from
+                    shutil.copyfile(state_path, out_dir / "last-static.pt")
                 save_checkpoint(out_dir / f"step{step:06d}.pt", net, extra={"step": step, "cyclic": cfg.cyclic})
                 plot_log(log_path, out_dir / "curves.png")
     logf.close()
@@ -188,6 +227,30 @@ def train(data: str, out: str, cfg: TrainConfig, model_cfg: ModelConfig = ModelC
     if rank == 0:
         save_checkpoint(final, net, extra={"step": step, "cyclic": cfg.cyclic})
     return final
+
+
+def _samplers(data: str, cfg: TrainConfig) -> dict:
+    """The clip sampler of each stage: DAVIS clips for the video stage, synthetic static clips at the
+    static stage's crop, and at the video crop for the static share of the video stage."""
+    samplers = {"video": ClipSampler(data, cfg.clip)}
+    if (cfg.static_steps or cfg.static_share) and not cfg.static_roots:
+        raise InputError("a static stage (--static-steps / --static-share) needs --static DIR[,DIR] with images and masks")
+    if cfg.static_steps:
+        samplers["static"] = StaticClipSampler(list(cfg.static_roots), cfg.static)
+    if cfg.static_share:
+        samplers["static-mix"] = StaticClipSampler(list(cfg.static_roots), replace(cfg.static, crop=cfg.clip.crop))
+    return samplers
+
+
+def _load_imagenet(net: CycleVOSNet, model_cfg: ModelConfig, init: str | None) -> None:
+    if not init:
+        _init_encoder(net, model_cfg)
+    elif model_cfg.encoder == "lite0":
+        net.encoder.load_imagenet(init)
+    else:  # STM initialises both encoders from ImageNet (the mask stems stay random)
+        net.encoder.load_pretrained(init)
+        if model_cfg.memory_encoder == "stm":
+            net.memory_backbone.load_pretrained(init)
 
 
 def _init_encoder(net: CycleVOSNet, model_cfg: ModelConfig) -> None:

@@ -66,6 +66,11 @@ class EfficientNetLite0(nn.Module):
                 out[self._taps[i]] = x
         return out[0], out[1], out[2]  # (B,24,H/4,W/4), (B,40,H/8,W/8), (B,112,H/16,W/16)
 
+    def early_modules(self) -> list[nn.Module]:
+        """The layers at 1/2 and 1/4 (stem and stages 1-2): generic edges and textures that training may
+        leave at their ImageNet values (their backward pass is the costliest, at the highest resolution)."""
+        return [self._conv_stem, self._bn0, *self._blocks[:3]]
+
     def load_imagenet(self, path: str) -> None:
         """Load the package's ImageNet state_dict; the dropped 1/32 stages and classifier are named."""
         state = torch.load(path, map_location="cpu", weights_only=True)

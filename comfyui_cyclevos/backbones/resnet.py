@@ -112,6 +112,10 @@ class ResNet(nn.Module):
         f16 = self.layer3(f8)  # (N, C16, H/16, W/16)
         return f4, f8, f16
 
+    def early_modules(self) -> list[nn.Module]:
+        """The layers at 1/2 and 1/4 (stem and layer1), as ``EfficientNetLite0.early_modules``."""
+        return [self.conv1, self.bn1, self.layer1]
+
     def load_pretrained(self, path: str | Path) -> list[str]:
         """Load an ImageNet torchvision-format state_dict brought by the user (nothing downloads).
 
