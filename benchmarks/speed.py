@@ -25,6 +25,7 @@ from comfyui_cyclevos.cli import demo_clip
 from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, ModelConfig
 from comfyui_cyclevos.network import CycleVOSNet
 from comfyui_cyclevos.device import pick_device
+from comfyui_cyclevos.precision import pick_precision
 from comfyui_cyclevos.propagate import InferenceCore
 from comfyui_cyclevos.video_io import open_frames, read_mask
 
@@ -40,8 +41,8 @@ def five_objects(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def fps(net, frames, mask, gc: bool, device, warmup: int = 3) -> float:
-    eng = InferenceCore(net, InferenceConfig(correction=CorrectionConfig(enabled=gc)), device)
+def fps(net, frames, mask, gc: bool, device, precision: str, warmup: int = 3) -> float:
+    eng = InferenceCore(net, InferenceConfig(precision=precision, correction=CorrectionConfig(enabled=gc)), device)
     eng.step(frames[0], mask)
     for f in frames[1 : 1 + warmup]:
         eng.step(f)
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--arch", default=None, help="comma-separated architectures to compare with random weights")
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", help="comma-separated: auto, fp32, bf16, fp16")
     a = ap.parse_args()
     device = pick_device(a.device)
     if a.arch:
@@ -79,21 +81,21 @@ def main() -> None:
     frames = [f for _, f in zip(range(a.frames), (fr for _, fr in open_frames(clip)))]
     one = read_mask(mask_path)
     five = five_objects(one)
-    for label, net in nets:
+    for (label, net), precision in ((n, p) for n in nets for p in a.precision.split(",")):
+        name = pick_precision(device, precision).name
         with torch.inference_mode():
             r = {
-                "1": fps(net, frames, one, False, device),
-                "1+gc": fps(net, frames, one, True, device),
-                "5": fps(net, frames, five, False, device),
-                "5+gc": fps(net, frames, five, True, device),
+                "1": fps(net, frames, one, False, device, precision),
+                "1+gc": fps(net, frames, one, True, device, precision),
+                "5": fps(net, frames, five, False, device, precision),
+                "5+gc": fps(net, frames, five, True, device, precision),
             }
         print(
-            f"speed 240p ({net.config.encoder}, {label}): 1 object {r['1']:.1f} fps, with GC {r['1+gc']:.1f} fps "
+            f"speed 240p ({net.config.encoder}, {label}, {name}): 1 object {r['1']:.1f} fps, with GC {r['1+gc']:.1f} fps "
             f"(GC slowdown {r['1'] / r['1+gc']:.2f}x); 5 objects {r['5']:.1f} fps, with GC {r['5+gc']:.1f} fps "
             f"(GC slowdown {r['5'] / r['5+gc']:.2f}x) | {machine()}",
             flush=True,
         )
-
 
 if __name__ == "__main__":
     main()
