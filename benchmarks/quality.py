@@ -3,6 +3,8 @@
     python benchmarks/quality.py [--weights PATH] [--data ../shared/data/davis2016/dev-480p] [--gc-rate A]
     python benchmarks/quality.py --sweep 150,1500,5000    # J&F with correction for each rate alpha
     python benchmarks/quality.py --soft-memory            # memorise probabilities, as STM does
+    python benchmarks/quality.py --precision fp32,bf16    # a line per precision (auto: the engine's choice)
+    python benchmarks/quality.py --size 240,360,480       # a line per processing size
 
 Needs the DAVIS-2016 dev sequences beside the repo (../shared/data). Prints one line (a line per rate
 with --sweep: how the shipped rate was chosen).
@@ -22,6 +24,7 @@ from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryCon
 from comfyui_cyclevos.davis import list_sequences
 from comfyui_cyclevos.device import pick_device
 from comfyui_cyclevos.evaluate import evaluate_folders
+from comfyui_cyclevos.precision import pick_precision
 from comfyui_cyclevos.runner import segment_davis
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016" / "dev-480p"
@@ -36,8 +39,9 @@ def score(net, data: Path, cfg: InferenceConfig, device) -> tuple[float, float, 
     return ev.j_mean, ev.f_mean, ev.jf_mean, stats.fps
 
 
-def gc_config(enabled: bool, alpha: float, hard_memory: bool = True) -> InferenceConfig:
-    return InferenceConfig(memory=MemoryConfig(hard=hard_memory), correction=CorrectionConfig(enabled=enabled, alpha=alpha))
+def gc_config(enabled: bool, alpha: float, hard_memory: bool = True, precision: str = "auto", size: int = 240) -> InferenceConfig:
+    return InferenceConfig(size=size, precision=precision, memory=MemoryConfig(hard=hard_memory),
+                           correction=CorrectionConfig(enabled=enabled, alpha=alpha))
 
 
 def main() -> None:
@@ -48,6 +52,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--sweep", default=None, help="comma-separated correction rates to compare")
     ap.add_argument("--soft-memory", action="store_true", help="memorise probabilities, not label maps (MemoryConfig.hard=False)")
+    ap.add_argument("--precision", default="auto", help="comma-separated precisions (auto, fp32, bf16, fp16): a line each")
+    ap.add_argument("--size", default="240", help="comma-separated processing sizes: a line each")
     a = ap.parse_args()
     device = pick_device(a.device)
     weights = a.weights or default_weights_path()
@@ -58,14 +64,17 @@ def main() -> None:
             print(f"quality {a.data.name} with GC alpha {alpha:g}{' soft memory' if a.soft_memory else ''}: J {j:.3f} F {f:.3f} J&F {jf:.3f} ({fps:.1f} fps)", flush=True)
         return
     alpha = a.gc_rate if a.gc_rate is not None else float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.alpha))
-    off = score(net, a.data, gc_config(False, alpha, not a.soft_memory), device)
-    on = score(net, a.data, gc_config(True, alpha, not a.soft_memory), device)
-    print(
-        f"quality {a.data.name} ({len(list_sequences(a.data))} sequences, {weights.name}): "
-        f"without GC J {off[0]:.3f} F {off[1]:.3f} J&F {off[2]:.3f} ({off[3]:.1f} fps); "
-        f"with GC (alpha {alpha:g}{', soft memory' if a.soft_memory else ''}) J {on[0]:.3f} F {on[1]:.3f} J&F {on[2]:.3f} ({on[3]:.1f} fps) | {machine()}"
-    )
-
+    for precision in a.precision.split(","):
+        for size in (int(x) for x in a.size.split(",")):
+            name = pick_precision(device, precision).name
+            off = score(net, a.data, gc_config(False, alpha, not a.soft_memory, precision, size), device)
+            on = score(net, a.data, gc_config(True, alpha, not a.soft_memory, precision, size), device)
+            print(
+                f"quality {a.data.name} ({len(list_sequences(a.data))} sequences, {weights.name}, size {size}, {name}): "
+                f"without GC J {off[0]:.3f} F {off[1]:.3f} J&F {off[2]:.3f} ({off[3]:.1f} fps); "
+                f"with GC (alpha {alpha:g}{', soft memory' if a.soft_memory else ''}) J {on[0]:.3f} F {on[1]:.3f} J&F {on[2]:.3f} ({on[3]:.1f} fps) | {machine()}",
+                flush=True,
+            )
 
 if __name__ == "__main__":
     main()

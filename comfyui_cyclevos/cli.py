@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -116,9 +117,10 @@ def parse_removals(values: tuple[str, ...]) -> dict[int, list[int]]:
 @click.option("--mask-video", type=click.Path(dir_okay=False), default=None, help="Also write the masks as a video (.mp4, DAVIS colours).")
 @click.option("--mask-frame", type=click.IntRange(min=0), default=0, show_default=True, help="Frame index of a --mask given without FRAME:; the video is segmented forward from the earliest mask, then backward (the frames before it are kept in memory for that).")
 @click.option("--remove", "removals", multiple=True, help="FRAME:ID[,ID]: stop following these objects from that frame on (repeatable).")
+@click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write the cycle confidence (frame,object,score) to this .csv, its plot beside it (.png), and the suggested keyframes to cyclevos.json.")
 @_inference_options
 @_friendly
-def segment(input, masks, out_dir, overlay, mask_video, mask_frame, removals, **engine_options):
+def segment(input, masks, out_dir, overlay, mask_video, mask_frame, removals, report, **engine_options):
     """Segment INPUT (a video file or a folder of frames, sorted by name) from masks drawn on one or more
     of its frames.
 
@@ -136,9 +138,14 @@ def segment(input, masks, out_dir, overlay, mask_video, mask_frame, removals, **
     if late:
         raise click.BadParameter(f"frame {late[0]} does not exist: the video has {len(source)} frames", param_hint="--remove")
     check_output_dir(Path(out_dir))
+    if report is not None and (Path(report).suffix.lower() != ".csv" or not Path(report).absolute().parent.is_dir()):
+        raise click.BadParameter("give a .csv file in an existing folder", param_hint="--report")
     net, cfg, dev = _engine_setup(**engine_options)
+    if report is not None:
+        cfg = replace(cfg, confidence=replace(cfg.confidence, enabled=True))
     with click.progressbar(length=len(source), label="segmenting", file=sys.stderr) as bar:
-        stats = segment_video(net, source, keyframes, out_dir, cfg, dev, overlay, mask_video, progress=bar.update, removals=removal_frames)
+        stats = segment_video(net, source, keyframes, out_dir, cfg, dev, overlay, mask_video, progress=bar.update,
+                              removals=removal_frames, report=report)
     click.echo(f"{stats.frames} frames, {len(stats.objects)} object(s), {stats.fps:.1f} frames/s -> {out_dir}")
 
 

@@ -75,6 +75,20 @@ class MemoryConfig:
 
 
 @dataclass
+class ConfidenceConfig:
+    """Cycle confidence: how well frame t's written mask explains a reference mask through Eq. 2 (the
+    network remembers only {X_t, Y_t} and predicts the reference frame back), as IoU in [0, 1].
+
+    ``every`` 0 scores the correction schedule's frames (every ``CorrectionConfig.K``-th, with correction
+    on or off); n scores every n-th frame. ``reference``: ``own`` each object's latest precise mask (what
+    correction uses), ``recent`` the latest memorised frame and its written mask, ``both`` their mean."""
+
+    enabled: bool = False
+    every: int = 0
+    reference: str = "both"
+
+
+@dataclass
 class InferenceConfig:
     """Everything the engine needs besides the network."""
 
@@ -82,6 +96,7 @@ class InferenceConfig:
     precision: str = "auto"  # auto|fp32|bf16|fp16, resolved once per engine by precision.pick_precision
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
 
 
 @dataclass

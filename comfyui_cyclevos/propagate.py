@@ -26,7 +26,8 @@ from .errors import InputError
 from .geometry import Geometry
 from .memory import MemoryBank
 from .network import CycleVOSNet, soft_aggregate
-from .objects import MAX_OBJECTS, ObjectManager
+from .confidence import reference_iou
+from .objects import MAX_OBJECTS, ObjectManager, Reference
 from .precision import Precision, pick_precision
 from .video_io import check_mask
 
@@ -83,6 +84,8 @@ class InferenceCore:
                                  dtype=self.precision.dtype or torch.float32)
         self.frame_index = -1
         self.geometry: Geometry | None = None  # set by the first frame
+        self.scores: dict[int, float] = {}  # cycle confidence of the last step, {object id: score}; {} when not scored
+        self.recent: Reference | None = None  # the latest memorised frame and its written masks (confidence)
 
     @property
     def object_ids(self) -> list[int]:
@@ -120,6 +123,7 @@ class InferenceCore:
             O = len(self.objects)
             winner = probs.max(1, keepdim=True).indices  # (1, 1, Hp, Wp); max is ~20x faster than argmax here
             masks = (winner == torch.arange(1, O + 1, device=winner.device).view(1, O, 1, 1)).to(probs.dtype)  # (1, O, Hp, Wp)
+        self.scores = self._score(masks, x, features) if given is None and self._scoring() else {}
         self._remember(x, masks, features, given, first)
         if given is not None and not given.coarse:
             self.objects.set_reference(self.frame_index, x, features, given.ids, given.soft)
@@ -216,6 +220,34 @@ class InferenceCore:
         with torch.no_grad(), self.precision.autocast():
             key, value = self.net.memory_of(*self.net.memorize(x, masks, features))  # (1, Ok, Ck, hw), (1, O, Cv, hw)
         self.memory.write(self.frame_index, kind, key[0], value[0])
+        if kind != "temp" and self.config.confidence.enabled and self.config.confidence.reference != "own":
+            self.recent = Reference(self.frame_index, x, features, list(self.objects.ids), masks)
+
+    # cycle confidence ---------------------------------------------------------------------------
+    def _scoring(self) -> bool:
+        c = self.config.confidence
+        every = c.every or self.config.correction.K
+        return c.enabled and self.frame_index > 0 and self.frame_index % every == 0
+
+    def _score(self, masks: torch.Tensor, x, features) -> dict[int, float]:
+        """Each object's cycle score on this frame from its written masks (1, O, Hp, Wp): the IoU of the
+        reference masks predicted back from {X_t, Y_t} (Eq. 2) with the references (see ``confidence``)."""
+        mode = self.config.confidence.reference
+        found: dict[int, list[float]] = {i: [] for i in self.objects.ids}
+        pairs = []  # (reference, rows, targets)
+        if mode in ("own", "both"):
+            pairs += [(g.reference, g.rows, g.targets) for g in self.objects.reference_groups()]
+        if mode in ("recent", "both") and self.recent is not None:
+            ids = [i for i in self.recent.ids if i in found]
+            if ids:
+                targets = self.recent.masks[:, [self.recent.ids.index(i) for i in ids]]
+                pairs.append((self.recent, self.objects.rows(ids), targets))
+        with self.precision.autocast():
+            for ref, rows, targets in pairs:
+                iou = reference_iou(self.net, masks[:, rows], x, features, ref.x, ref.features, targets)
+                for r, v in zip(rows, iou.tolist()):
+                    found[self.objects.ids[r]].append(v)
+        return {i: sum(v) / len(v) for i, v in found.items() if v}
 
     def _output(self, probs: torch.Tensor, given: GivenMask | None) -> torch.Tensor:
         """(O+1, H, W) at the frame's size; the given objects come back exactly as given."""
@@ -245,8 +277,9 @@ def propagate_both_ways(make_engine, frames, keyframes: dict, removals: dict | N
     backward from the earliest keyframe to the first frame, with a fresh engine from ``make_engine()``.
 
     ``frames`` iterates over ``(key, frame)`` in video order (streamed: only the frames before the earliest
-    keyframe are kept, for the backward pass). Yields ``(key, frame, labels)`` with labels the (H, W) uint8
-    id map, in processing order; the earliest keyframe is yielded once, by the forward pass.
+    keyframe are kept, for the backward pass). Yields ``(key, frame, labels, scores)`` with labels the (H, W)
+    uint8 id map and scores the engine's cycle confidence ({object id: score}, empty when not scored), in
+    processing order; the earliest keyframe is yielded once, by the forward pass.
     """
     if not keyframes:
         raise InputError("no mask given: draw the objects on at least one frame")
@@ -264,7 +297,7 @@ def propagate_both_ways(make_engine, frames, keyframes: dict, removals: dict | N
         probs = engine.step(frame, keyframes.get(i))
         if i == start:
             anchor = frame
-        yield key, frame, engine.labels(probs)
+        yield key, frame, engine.labels(probs), engine.scores
     late = max(list(keyframes) + list(removals))
     if anchor is None or late >= count:
         frame = start if anchor is None else late
@@ -274,4 +307,5 @@ def propagate_both_ways(make_engine, frames, keyframes: dict, removals: dict | N
         engine = make_engine()
         engine.step(anchor, keyframes[start])
         for key, frame in reversed(head):
-            yield key, frame, engine.labels(engine.step(frame))
+            probs = engine.step(frame)
+            yield key, frame, engine.labels(probs), engine.scores

@@ -17,6 +17,7 @@ import torch
 from .config import InferenceConfig
 from .errors import InputError
 from .network import CycleVOSNet
+from .confidence import suggest_keyframes, write_report
 from .propagate import InferenceCore, propagate_both_ways
 from .video_io import FrameSource, MaskVideoWriter, OverlayVideoWriter, check_mask, write_palette_png
 
@@ -81,6 +82,7 @@ def segment_video(
     mask_video_path: str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
     removals: dict[int, list[int]] | None = None,
+    report: str | os.PathLike | None = None,
 ) -> RunStats:
     """Segment every frame of ``source`` from the ids drawn on one or more frames (``keyframes``: frame
     index -> (H, W) id map) into ``out_dir``: forward from the earliest keyframe (later ones replace the
@@ -89,19 +91,28 @@ def segment_video(
 
     The PNGs go to ``out_dir.partial`` and the folder is renamed to ``out_dir`` after the last frame
     (with a ``cyclevos.json`` summary); an error or an interruption leaves only the ``.partial`` folder.
+    ``report`` (a .csv path; needs ``config.confidence.enabled``) gets the cycle scores, a plot beside it,
+    and the suggested keyframes go into the summary.
     """
     out = Path(out_dir)
+    config = config or InferenceConfig()
+    if report is not None and not config.confidence.enabled:
+        raise InputError("a report needs the cycle confidence: set InferenceConfig.confidence.enabled")
     objects = check_keyframes(keyframes, source.size)
     start = min(keyframes)
     if (overlay_path or mask_video_path) and start:
         raise InputError("--overlay and --mask-video need a mask on the first frame (frame 0)")
     partial = _prepare_out_dir(out)
     written = 0
+    scores: dict[int, dict[int, float]] = {}  # video frame index -> {object id: score}
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         ov = stack.enter_context(OverlayVideoWriter(overlay_path, source.fps, source.size)) if overlay_path else None
         mv = stack.enter_context(MaskVideoWriter(mask_video_path, source.fps, source.size)) if mask_video_path else None
-        for stem, frame, ids in propagate_both_ways(lambda: InferenceCore(net, config, device), source, keyframes, removals):
+        indexed = (((i, stem), frame) for i, (stem, frame) in enumerate(source))
+        for (index, stem), frame, ids, frame_scores in propagate_both_ways(lambda: InferenceCore(net, config, device), indexed, keyframes, removals):
+            if frame_scores:
+                scores[index] = frame_scores
             write_palette_png(partial / f"{stem}.png", ids)
             if ov is not None:
                 ov.write(frame, ids)
@@ -118,7 +129,13 @@ def segment_video(
     summary = {"input": str(source.path), "frames": written, "objects": objects, "seconds": round(seconds, 3),
                "fps": round(stats.fps, 3), "keyframes": sorted(keyframes), "mask_frame": start,
                "removals": {str(k): v for k, v in sorted((removals or {}).items())},
-               "config": asdict(config or InferenceConfig()), "model": net.config.to_dict()}
+               "config": asdict(config), "model": net.config.to_dict()}
+    if config.confidence.enabled:
+        summary["suggested_keyframes"] = suggest_keyframes(scores, frames=written)
+        summary["scored_frames"] = len(scores)
+    if report is not None:
+        write_report(report, scores, summary["suggested_keyframes"], written)
+        summary["report"] = str(report)
     (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
     if out.exists():
         shutil.rmtree(out)

@@ -505,7 +505,7 @@ def propagate_frames(model: CycleVOSModel, frames: torch.Tensor, ids: np.ndarray
 
     out = torch.zeros(frames.shape[:3], dtype=torch.uint8)
     make_engine = lambda: InferenceCore(model.net, config, model.device, model.precision)
-    for done, (t, _, labels) in enumerate(propagate_both_ways(make_engine, enumerate(frames), {frame_index: ids}), 1):
+    for done, (t, _, labels, _scores) in enumerate(propagate_both_ways(make_engine, enumerate(frames), {frame_index: ids}), 1):
         if progress is not None:
             progress.check()
         out[t] = torch.from_numpy(labels)
