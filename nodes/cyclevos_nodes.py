@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +175,7 @@ class ObjectMasks:
 
     ids: torch.Tensor  # (B, H, W) uint8
     object_ids: list[int]
+    scores: dict[int, dict[int, float]] = field(default_factory=dict)  # cycle confidence: frame -> {object id: score}
 
     def __repr__(self) -> str:
         B, H, W = self.ids.shape
@@ -498,20 +499,23 @@ def _inference_config(model: CycleVOSModel, size, mem_every, mem_capacity, gradi
 
 
 def propagate_frames(model: CycleVOSModel, frames: torch.Tensor, ids: np.ndarray, frame_index: int, config,
-                     progress: _Progress | None = None) -> tuple[torch.Tensor, list[int]]:
-    """(B, H, W) uint8 ids of every frame of a (B, H, W, 3) batch from the ids drawn on ``frame_index``
-    (the library's forward-then-backward propagation), and the object ids."""
+                     progress: _Progress | None = None) -> ObjectMasks:
+    """Every frame's ids for a (B, H, W, 3) batch from the ids drawn on ``frame_index`` (the library's
+    forward-then-backward propagation), with the cycle scores when ``config.confidence`` is on."""
     from ..comfyui_cyclevos.propagate import InferenceCore, propagate_both_ways
 
     out = torch.zeros(frames.shape[:3], dtype=torch.uint8)
+    scores = {}
     make_engine = lambda: InferenceCore(model.net, config, model.device, model.precision)
-    for done, (t, _, labels, _scores) in enumerate(propagate_both_ways(make_engine, enumerate(frames), {frame_index: ids}), 1):
+    for done, (t, _, labels, frame_scores) in enumerate(propagate_both_ways(make_engine, enumerate(frames), {frame_index: ids}), 1):
         if progress is not None:
             progress.check()
         out[t] = torch.from_numpy(labels)
+        if frame_scores:
+            scores[t] = frame_scores
         if progress is not None:
             progress.update(done)
-    return out, [int(i) for i in np.unique(ids) if i != 0]
+    return ObjectMasks(out, [int(i) for i in np.unique(ids) if i != 0], scores)
 
 
 class CycleVOSPropagate:
@@ -541,10 +545,13 @@ class CycleVOSPropagate:
             "gc_steps": _int(10, 1, 200, "N gradient steps per corrected frame."),
             "gc_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10000.0, "step": 1.0,
                                   "tooltip": "Step size alpha (0 = the checkpoint's measured rate, else 150; the loss is a per-pixel mean, hence large)."}),
+        }, "optional": {
+            "confidence": ("BOOLEAN", {"default": True, "tooltip": "Score every K-th frame's mask by the cycle check (paper Eq. 2): "
+                                       "read it with CycleVOS Confidence to see where tracking failed."}),
         }}
 
     def propagate(self, model, frames, objects, mem_every=5, mem_capacity=16, size=240, gradient_correction=True,
-                  gc_every=5, gc_steps=10, gc_rate=0.0):
+                  gc_every=5, gc_steps=10, gc_rate=0.0, confidence=None):
         frames = _frames(frames)
         B, H, W, _ = frames.shape
         if not 0 <= objects.frame_index < B:
@@ -554,8 +561,40 @@ class CycleVOSPropagate:
             _fit_to_frames(tuple(ids.shape), (H, W), "the objects' mask")
             ids = _resize_nearest(ids, (H, W))
         config = _inference_config(model, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate)
-        out, object_ids = propagate_frames(model, frames, ids.numpy(), objects.frame_index, config, _Progress(B))
-        return ((out > 0).float(), ObjectMasks(out, object_ids))
+        config = replace(config, confidence=replace(config.confidence, enabled=confidence is None or bool(confidence)))  # on unless turned off
+        masks = propagate_frames(model, frames, ids.numpy(), objects.frame_index, config, _Progress(B))
+        return ((masks.ids > 0).float(), masks)
+
+
+class CycleVOSConfidence:
+    DESCRIPTION = ("Where did tracking fail? Propagate scores every K-th frame's mask by the paper's cycle check: from that "
+                   "frame and its mask alone, the network predicts the drawn mask back (Eq. 2); a low score means the mask "
+                   "likely drifted. Gives a plot of the scores over time and the frames to fix first.")
+    CATEGORY = CATEGORY
+    FUNCTION = "report"
+    RETURN_TYPES = ("IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("plot", "suggested_frames", "scores_csv")
+    OUTPUT_TOOLTIPS = ("Each object's score (0 bottom, 1 top) over the frames; suggested frames in grey.",
+                       "The frames to correct first (low scores, spread over the video), comma-separated.",
+                       "frame,object,score rows.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "masks": ("CYCLEVOS_MASKS", {"tooltip": "From CycleVOS Propagate with confidence on."}),
+            "count": _int(3, 1, 100, "How many frames to suggest."),
+        }}
+
+    def report(self, masks, count=3):
+        from ..comfyui_cyclevos.confidence import plot_scores, suggest_keyframes
+
+        if not masks.scores:
+            raise InputError("these masks carry no cycle scores: turn on confidence in CycleVOS Propagate")
+        B = masks.ids.shape[0]
+        suggested = suggest_keyframes(masks.scores, int(count), B)
+        plot = torch.from_numpy(plot_scores(masks.scores, suggested, B)).float()[None] / 255
+        rows = ["frame,object,score"] + [f"{t},{o},{v:.4f}" for t in sorted(masks.scores) for o, v in sorted(masks.scores[t].items())]
+        return (plot, ", ".join(map(str, suggested)), "\n".join(rows))
 
 
 class CycleVOSGradientCorrect:
@@ -831,6 +870,7 @@ NODE_CLASS_MAPPINGS = {
     "CycleVOSFirstFrameMask": CycleVOSFirstFrameMask,
     "CycleVOSLoadModel": CycleVOSLoadModel,
     "CycleVOSPropagate": CycleVOSPropagate,
+    "CycleVOSConfidence": CycleVOSConfidence,
     "CycleVOSGradientCorrect": CycleVOSGradientCorrect,
     "CycleVOSCycleERF": CycleVOSCycleERF,
     "CycleVOSSelectObject": CycleVOSSelectObject,
@@ -843,6 +883,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CycleVOSFirstFrameMask": "CycleVOS First Frame Mask",
     "CycleVOSLoadModel": "CycleVOS Load Model",
     "CycleVOSPropagate": "CycleVOS Propagate",
+    "CycleVOSConfidence": "CycleVOS Confidence",
     "CycleVOSGradientCorrect": "CycleVOS Gradient Correct",
     "CycleVOSCycleERF": "CycleVOS Cycle-ERF",
     "CycleVOSSelectObject": "CycleVOS Select Object",

@@ -99,7 +99,7 @@ def _is_mask(m: torch.Tensor, b: int = B) -> None:
 def test_the_pack_loads_like_comfyui_does(tmp_path) -> None:
     """A copy under another folder name with dots (ComfyUI maps '.' to '_x_'), relative imports only."""
     assert set(PACK.NODE_CLASS_MAPPINGS) == set(PACK.NODE_DISPLAY_NAME_MAPPINGS)
-    assert len(PACK.NODE_CLASS_MAPPINGS) == 9
+    assert len(PACK.NODE_CLASS_MAPPINGS) == 10
     assert not hasattr(PACK, "WEB_DIRECTORY")
     folder = tmp_path / "custom_nodes" / "comfyui-cyclevos.v1"
     folder.mkdir(parents=True)
@@ -510,3 +510,19 @@ def test_example_workflow_wiring(api: Path) -> None:
         for inp in n.get("inputs", []):
             if inp.get("link") is not None:
                 assert links[inp["link"]][3] == n["id"]
+
+
+def test_confidence_node_reads_the_scores_of_propagate(model, frames, objects) -> None:
+    _, masks = M["CycleVOSPropagate"]().propagate(model, frames, objects, 5, 16, 64, True, 2, 1, 0.0)
+    assert sorted(masks.scores) == [2, 4]  # the correction schedule, from the drawn frame 0
+    assert all(set(s) == {1, 2} and all(0 <= v <= 1 for v in s.values()) for s in masks.scores.values())
+    plot, suggested, rows = M["CycleVOSConfidence"]().report(masks, 1)
+    assert tuple(plot.shape) == (1, 240, 640, 3) and plot.dtype == torch.float32 and 0 <= float(plot.min()) <= float(plot.max()) <= 1
+    worst = min(masks.scores, key=lambda t: min(masks.scores[t].values()))
+    assert suggested == str(worst)
+    lines = rows.splitlines()
+    assert lines[0] == "frame,object,score" and len(lines) == 1 + 2 * 2
+    _, quiet = M["CycleVOSPropagate"]().propagate(model, frames, objects, 5, 16, 64, True, 2, 1, 0.0, False)
+    assert quiet.scores == {}
+    with pytest.raises(_errors().InputError, match="confidence"):
+        M["CycleVOSConfidence"]().report(quiet, 1)
