@@ -48,7 +48,6 @@ def spearman(x, y) -> float:
 
 def run(net, frames, labels, config, device) -> tuple[list[float], list[float], float, int]:
     """Scores and true J of every scored (frame, object), seconds, frames."""
-    ids = [int(i) for i in np.unique(labels[0]) if i]
     eng = InferenceCore(net, config, device)
     scores, truth = [], []
     t0 = time.perf_counter()

@@ -7,6 +7,8 @@ normalised to 0..1. Works inside ``torch.inference_mode()`` like gradient correc
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -14,13 +16,17 @@ from .config import CycleERFConfig
 from .correction import fixed_affinity, plain, reconstruction_loss
 from .geometry import Geometry
 from .network import CycleVOSNet
+from .precision import Precision
 
 
 def cycle_erf_map(
-    net: CycleVOSNet, ref_x: torch.Tensor, target_x: torch.Tensor, target_mask: torch.Tensor, config: CycleERFConfig = CycleERFConfig()
+    net: CycleVOSNet, ref_x: torch.Tensor, target_x: torch.Tensor, target_mask: torch.Tensor, config: CycleERFConfig = CycleERFConfig(),
+    precision: Precision | None = None,
 ) -> torch.Tensor:
-    """ref_x, target_x (1, 3, Hp, Wp); target_mask (1, 1, Hp, Wp) -> cycle-ERF (Hp, Wp) in 0..1."""
-    with torch.inference_mode(False), torch.enable_grad():
+    """ref_x, target_x (1, 3, Hp, Wp); target_mask (1, 1, Hp, Wp) -> cycle-ERF (Hp, Wp) in 0..1. Runs under
+    ``precision``'s autocast, as gradient correction; the mask being descended stays float32."""
+    autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
+    with torch.inference_mode(False), torch.enable_grad(), autocast:
         ref_x, target_x, target_mask = plain(ref_x), plain(target_x), plain(target_mask)
         with torch.no_grad():
             ref_f, target_f = net.encode_frame(ref_x), net.encode_frame(target_x)
@@ -30,7 +36,7 @@ def cycle_erf_map(
             m.requires_grad_(True)
             loss = reconstruction_loss(net, m, ref_x, ref_f, target_x, target_f, target_mask, config.gamma, affinity)
             (grad,) = torch.autograd.grad(loss, m)
-            m = (m - config.alpha * grad).detach()
+            m = (m - config.alpha * grad.float()).detach()
     return normalize_map(torch.relu(m[0, 0]))
 
 
@@ -41,7 +47,7 @@ def normalize_map(erf: torch.Tensor) -> torch.Tensor:
 
 def compute_cycle_erf(
     net: CycleVOSNet, ref_frame, target_frame, target_mask, size: int = 240, config: CycleERFConfig = CycleERFConfig(),
-    device: torch.device | None = None,
+    device: torch.device | None = None, precision: Precision | None = None,
 ) -> np.ndarray:
     """Frames as (H, W, 3) uint8 arrays or float tensors, target_mask (H, W) bool -> (H, W) float32 map
     in 0..1 at the frames' size."""
@@ -51,7 +57,7 @@ def compute_cycle_erf(
     net = net.eval()
     ref_x, target_x = geo.frame_in(ref_frame, device), geo.frame_in(target_frame, device)
     y = geo.masks_in(torch.as_tensor(np.asarray(target_mask)).bool()[None], device)  # (1, 1, Hp, Wp)
-    erf = cycle_erf_map(net, ref_x, target_x, y, config)
+    erf = cycle_erf_map(net, ref_x, target_x, y, config, precision)
     return normalize_map(geo.maps_out(erf[None, None])[0].clamp(min=0)).numpy()
 
 

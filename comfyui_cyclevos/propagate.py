@@ -8,8 +8,9 @@ The state, each part with one job:
 - ``memory`` (``MemoryBank``): the memorised frames, with per-object validity;
 - ``frame_index``.
 A step reads the given mask (``_given``), predicts from memory (``_predict``), pastes the given objects,
-corrects on schedule (``_correction_rates``, ``_correct``), memorises what it writes (``_remember``) and
-returns the probabilities at the frame's size (``_output``).
+corrects on schedule (``_correction_rates``, ``_correct``), scores the written mask by the cycle check when
+asked (``_score``, see ``confidence``), memorises what it writes (``_remember``) and returns the
+probabilities at the frame's size (``_output``).
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .confidence import reference_iou
 from .config import InferenceConfig
 from .correction import gradient_correct, normalize_objects
 from .device import free_memory
@@ -26,7 +27,6 @@ from .errors import InputError
 from .geometry import Geometry
 from .memory import MemoryBank
 from .network import CycleVOSNet, soft_aggregate
-from .confidence import reference_iou
 from .objects import MAX_OBJECTS, ObjectManager, Reference
 from .precision import Precision, pick_precision
 from .video_io import check_mask

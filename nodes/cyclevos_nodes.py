@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..comfyui_cyclevos.errors import InputError
+from ..comfyui_cyclevos.precision import Precision
 
 log = logging.getLogger("cyclevos")
 
@@ -149,7 +150,7 @@ class CycleVOSModel:
 
     net: torch.nn.Module
     device: torch.device
-    precision: "Precision"  # resolved for the device (comfyui_cyclevos.precision)
+    precision: Precision  # resolved for the device
     path: str
     gc_rate: float  # the checkpoint's measured correction rate (alpha), else the paper's 150
 
@@ -698,7 +699,7 @@ class CycleVOSCycleERF:
             raise InputError(f"the target mask is empty on frame {target_frame}: the object must be visible there")
         _Progress(1).check()
         erf = compute_cycle_erf(model.net, frames[reference_frame], frames[target_frame], target.numpy(), int(size),
-                                CycleERFConfig(M=int(steps), alpha=model.gc_rate), model.device)
+                                CycleERFConfig(M=int(steps), alpha=model.gc_rate), model.device, model.precision)
         heat = heatmap_overlay(_to_uint8(frames[reference_frame]), erf)
         return (torch.from_numpy(erf).float()[None], torch.from_numpy(heat).float().div_(255)[None])
 

@@ -4,7 +4,7 @@ import torch
 
 from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
 from comfyui_cyclevos.errors import InputError
-from comfyui_cyclevos.memory import MemoryBank, MemoryEntry
+from comfyui_cyclevos.memory import MemoryBank
 from comfyui_cyclevos.network import CycleVOSNet
 from comfyui_cyclevos.propagate import InferenceCore
 
