@@ -160,14 +160,25 @@ class CycleVOSModel:
 
 @dataclass(eq=False)
 class Objects:
-    """CYCLEVOS_OBJECTS: object ids on one frame of the video."""
+    """CYCLEVOS_OBJECTS: object ids drawn on one or more frames (keyframes) of the video."""
 
-    ids: np.ndarray  # (H, W) uint8, 0 = background
-    frame_index: int
-    object_ids: list[int]
+    keyframes: dict[int, np.ndarray]  # frame index -> (H, W) uint8 ids, 0 = background
+
+    @property
+    def frame_index(self) -> int:
+        """The earliest keyframe: propagation runs forward and backward from it."""
+        return min(self.keyframes)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.keyframes[self.frame_index]
+
+    @property
+    def object_ids(self) -> list[int]:
+        return sorted({int(i) for ids in self.keyframes.values() for i in np.unique(ids) if i != 0})
 
     def __repr__(self) -> str:
-        return f"Objects({self.object_ids} on frame {self.frame_index}, {self.ids.shape[1]}x{self.ids.shape[0]})"
+        return f"Objects({self.object_ids} on frames {sorted(self.keyframes)}, {self.ids.shape[1]}x{self.ids.shape[0]})"
 
 
 @dataclass(eq=False)
@@ -437,10 +448,9 @@ class CycleVOSFirstFrameMask:
             from ..comfyui_cyclevos.video_io import ids_from_rgb
 
             ids = ids_from_rgb(_to_uint8(_frames(image, "image")[0]))
-        present = [int(i) for i in np.unique(ids) if i != 0]
-        if not present:
+        if not (ids > 0).any():
             raise InputError("the mask image has no object pixels (all black/background): colour the objects")
-        objects = Objects(ids, int(frame_index), present)
+        objects = Objects({int(frame_index): ids})
         return (objects, torch.from_numpy(ids > 0).float()[None])
 
     @staticmethod
@@ -464,6 +474,33 @@ class CycleVOSFirstFrameMask:
         if len(present - {0}) and (ids > 0).mean() > 0.9:
             log.warning("cyclevos: the objects cover %.0f%% of the frame; is the mask inverted?", 100 * (ids > 0).mean())
         return ids
+
+
+class CycleVOSKeyframe(CycleVOSFirstFrameMask):
+    DESCRIPTION = ("A fix on a later frame: the objects drawn on this frame replace the prediction there (a new id adds an "
+                   "object) and go into memory. Chain after CycleVOS First Frame Mask or another Keyframe; the chain goes "
+                   "into CycleVOS Propagate. CycleVOS Confidence suggests the frames to fix first.")
+    FUNCTION = "add"
+    RETURN_TYPES = ("CYCLEVOS_OBJECTS", "MASK")
+    OUTPUT_TOOLTIPS = ("The keyframes so far, for CycleVOS Propagate or the next Keyframe.",
+                       "This keyframe's objects together as one MASK (for a preview).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        spec = super().INPUT_TYPES()
+        spec["required"] = {"objects": ("CYCLEVOS_OBJECTS", {"tooltip": "The keyframes so far (First Frame Mask or another Keyframe)."}),
+                            **spec["required"]}
+        spec["required"]["frame_index"] = _int(10, 0, 1_000_000, "Index of the frame (in the loaded batch) this fix is drawn on.")
+        return spec
+
+    def add(self, objects, frame_index=10, threshold=0.5, invert=False, mask=None, image=None):
+        drawn, preview = self.make(frame_index, threshold, invert, mask, image)
+        if int(frame_index) in objects.keyframes:
+            raise InputError(f"frame {frame_index} already has a keyframe in this chain: use another frame_index")
+        if drawn.ids.shape != objects.ids.shape:
+            raise InputError(f"this keyframe's mask is {drawn.ids.shape[1]}x{drawn.ids.shape[0]} but the first one's is "
+                             f"{objects.ids.shape[1]}x{objects.ids.shape[0]}: draw every keyframe at one size")
+        return (Objects({**objects.keyframes, **drawn.keyframes}), preview)
 
 
 class CycleVOSLoadModel:
@@ -499,16 +536,16 @@ def _inference_config(model: CycleVOSModel, size, mem_every, mem_capacity, gradi
     )
 
 
-def propagate_frames(model: CycleVOSModel, frames: torch.Tensor, ids: np.ndarray, frame_index: int, config,
+def propagate_frames(model: CycleVOSModel, frames: torch.Tensor, keyframes: dict[int, np.ndarray], config,
                      progress: _Progress | None = None) -> ObjectMasks:
-    """Every frame's ids for a (B, H, W, 3) batch from the ids drawn on ``frame_index`` (the library's
+    """Every frame's ids for a (B, H, W, 3) batch from the ids drawn on the keyframes (the library's
     forward-then-backward propagation), with the cycle scores when ``config.confidence`` is on."""
     from ..comfyui_cyclevos.propagate import InferenceCore, propagate_both_ways
 
     out = torch.zeros(frames.shape[:3], dtype=torch.uint8)
     scores = {}
     make_engine = lambda: InferenceCore(model.net, config, model.device, model.precision)
-    for done, (t, _, labels, frame_scores) in enumerate(propagate_both_ways(make_engine, enumerate(frames), {frame_index: ids}), 1):
+    for done, (t, _, labels, frame_scores) in enumerate(propagate_both_ways(make_engine, enumerate(frames), keyframes), 1):
         if progress is not None:
             progress.check()
         out[t] = torch.from_numpy(labels)
@@ -516,7 +553,8 @@ def propagate_frames(model: CycleVOSModel, frames: torch.Tensor, ids: np.ndarray
             scores[t] = frame_scores
         if progress is not None:
             progress.update(done)
-    return ObjectMasks(out, [int(i) for i in np.unique(ids) if i != 0], scores)
+    object_ids = sorted({int(i) for ids in keyframes.values() for i in np.unique(ids) if i != 0})
+    return ObjectMasks(out, object_ids, scores)
 
 
 class CycleVOSPropagate:
@@ -555,15 +593,18 @@ class CycleVOSPropagate:
                   gc_every=5, gc_steps=10, gc_rate=0.0, confidence=None):
         frames = _frames(frames)
         B, H, W, _ = frames.shape
-        if not 0 <= objects.frame_index < B:
-            raise InputError(f"the objects are drawn on frame {objects.frame_index} but there are {B} frames (0..{B - 1})")
-        ids = torch.from_numpy(np.ascontiguousarray(objects.ids))
-        if tuple(ids.shape) != (H, W):
-            _fit_to_frames(tuple(ids.shape), (H, W), "the objects' mask")
-            ids = _resize_nearest(ids, (H, W))
+        keyframes = {}
+        for t, drawn in sorted(objects.keyframes.items()):
+            if not 0 <= t < B:
+                raise InputError(f"the objects are drawn on frame {t} but there are {B} frames (0..{B - 1})")
+            ids = torch.from_numpy(np.ascontiguousarray(drawn))
+            if tuple(ids.shape) != (H, W):
+                _fit_to_frames(tuple(ids.shape), (H, W), "the objects' mask")
+                ids = _resize_nearest(ids, (H, W))
+            keyframes[t] = ids.numpy()
         config = _inference_config(model, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate)
         config = replace(config, confidence=replace(config.confidence, enabled=confidence is None or bool(confidence)))  # on unless turned off
-        masks = propagate_frames(model, frames, ids.numpy(), objects.frame_index, config, _Progress(B))
+        masks = propagate_frames(model, frames, keyframes, config, _Progress(B))
         return ((masks.ids > 0).float(), masks)
 
 
@@ -869,6 +910,7 @@ def _save_target(prefix: str, width: int, height: int) -> tuple[Path, str, int, 
 NODE_CLASS_MAPPINGS = {
     "CycleVOSLoadVideo": CycleVOSLoadVideo,
     "CycleVOSFirstFrameMask": CycleVOSFirstFrameMask,
+    "CycleVOSKeyframe": CycleVOSKeyframe,
     "CycleVOSLoadModel": CycleVOSLoadModel,
     "CycleVOSPropagate": CycleVOSPropagate,
     "CycleVOSConfidence": CycleVOSConfidence,
@@ -882,6 +924,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "CycleVOSLoadVideo": "CycleVOS Load Video",
     "CycleVOSFirstFrameMask": "CycleVOS First Frame Mask",
+    "CycleVOSKeyframe": "CycleVOS Keyframe",
     "CycleVOSLoadModel": "CycleVOS Load Model",
     "CycleVOSPropagate": "CycleVOS Propagate",
     "CycleVOSConfidence": "CycleVOS Confidence",

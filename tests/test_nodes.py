@@ -99,7 +99,7 @@ def _is_mask(m: torch.Tensor, b: int = B) -> None:
 def test_the_pack_loads_like_comfyui_does(tmp_path) -> None:
     """A copy under another folder name with dots (ComfyUI maps '.' to '_x_'), relative imports only."""
     assert set(PACK.NODE_CLASS_MAPPINGS) == set(PACK.NODE_DISPLAY_NAME_MAPPINGS)
-    assert len(PACK.NODE_CLASS_MAPPINGS) == 10
+    assert len(PACK.NODE_CLASS_MAPPINGS) == 11
     assert not hasattr(PACK, "WEB_DIRECTORY")
     folder = tmp_path / "custom_nodes" / "comfyui-cyclevos.v1"
     folder.mkdir(parents=True)
@@ -526,3 +526,20 @@ def test_confidence_node_reads_the_scores_of_propagate(model, frames, objects) -
     assert quiet.scores == {}
     with pytest.raises(_errors().InputError, match="confidence"):
         M["CycleVOSConfidence"]().report(quiet, 1)
+
+
+def test_keyframes_chain_into_propagate(model, frames) -> None:
+    first, _ = M["CycleVOSFirstFrameMask"]().make(0, 0.5, False, mask=torch.from_numpy(_ids() == 1).float()[None])
+    fix = np.zeros((H, W), np.uint8)
+    fix[20:40, 30:60] = 1  # object 1 is here on frame 3 ...
+    fix[44:60, 60:88] = 2  # ... and object 2 appears
+    both = torch.from_numpy(np.stack([fix == 1, fix == 2])).float()
+    chain, preview = M["CycleVOSKeyframe"]().add(first, 3, 0.5, False, mask=both)
+    _is_mask(preview, 1)
+    assert sorted(chain.keyframes) == [0, 3] and chain.object_ids == [1, 2] and chain.frame_index == 0
+    _, masks = M["CycleVOSPropagate"]().propagate(model, frames, chain, 5, 16, 64, False, 5, 10, 0.0)
+    assert masks.object_ids == [1, 2]
+    assert (masks.ids[0].numpy() == (_ids() == 1)).all() and (masks.ids[3].numpy() == fix).all()
+    assert not (masks.ids[:3] == 2).any()  # object 2 exists from frame 3 on
+    with pytest.raises(_errors().InputError, match="already has a keyframe"):
+        M["CycleVOSKeyframe"]().add(chain, 3, 0.5, False, mask=both)
