@@ -225,8 +225,10 @@ def eval_cmd(pred, gt, data, out_dir, sequences, per_frame_csv, csv_path, **engi
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Checkpoint (default: the shipped weights).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--size", type=click.IntRange(min=0), default=240, show_default=True, help="Processing short side.")
+@click.option("--ref-mask", type=click.Path(dir_okay=False), default=None, help="The object's mask on the reference frame: its outline is drawn on the overlay.")
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None, help="Draw this raw value as 1 (default: the map's own peak, printed), to compare two models on one scale.")
 @_friendly
-def erf(input, mask_path, target_frame, ref_frame, out_path, overlay, steps, object_id, weights, device, size):
+def erf(input, mask_path, target_frame, ref_frame, out_path, overlay, steps, object_id, weights, device, size, ref_mask, scale):
     """Cycle-ERF (paper Eq. 6): which pixels of the reference frame the network relies on to segment
     the masked object in the target frame."""
     import numpy as np
@@ -257,11 +259,16 @@ def erf(input, mask_path, target_frame, ref_frame, out_path, overlay, steps, obj
     target = ids == object_id if object_id is not None else ids > 0
     dev = pick_device(device)
     net = load_checkpoint(Path(weights) if weights else default_weights_path(), dev)
-    erf_map = compute_cycle_erf(net, frames[ref_frame], frames[target_frame], target, size, CycleERFConfig(M=steps), dev)
-    Image.fromarray((erf_map * 255 + 0.5).astype(np.uint8)).save(out_path)
+    outline = None
+    if ref_mask is not None:
+        ref_ids = read_mask(ref_mask)
+        check_mask(ref_ids, source.size, "the reference mask")
+        outline = ref_ids == object_id if object_id is not None else ref_ids > 0
+    result = compute_cycle_erf(net, frames[ref_frame], frames[target_frame], target, size, CycleERFConfig(M=steps), dev, scale=scale)
+    Image.fromarray((result.map * 255 + 0.5).astype(np.uint8)).save(out_path)
     if overlay:
-        Image.fromarray(heatmap_overlay(frames[ref_frame], erf_map)).save(overlay)
-    click.echo(f"cycle-ERF of frame {ref_frame} for frame {target_frame} -> {out_path}")
+        Image.fromarray(heatmap_overlay(frames[ref_frame], result.map, outline, result.scale)).save(overlay)
+    click.echo(f"cycle-ERF of frame {ref_frame} for frame {target_frame} -> {out_path} (peak {result.peak:.4g}, drawn as 1: {result.scale:.4g})")
 
 
 @main.command()

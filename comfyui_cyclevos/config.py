@@ -101,8 +101,15 @@ class InferenceConfig:
 
 @dataclass
 class CycleERFConfig:
-    """Cycle-ERF, paper Eq. 6: M gradient steps from an all-zero mask on the reference frame."""
+    """Cycle-ERF, paper Eq. 6: M gradient steps from an all-zero mask on the reference frame.
+
+    ``smooth``: sigma in processing pixels of the Gaussian applied to the Eq. 6 result (0: none). The
+    mask enters the network through stride-2 and stride-4 convolutions, whose gradient leaves a period-2/4
+    checkerboard on the raw map (on camel, 11 % and 3 % of the map's energy); sigma 1.5 removes it and
+    keeps the in/out ratio (7.55 raw, 7.50 smoothed), where averaging over 16 input jitters costs 16x and
+    lowers it to 6.57."""
 
     M: int = 50
     alpha: float = 150.0
     gamma: float = 1.0
+    smooth: float = 1.5

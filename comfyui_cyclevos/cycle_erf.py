@@ -3,14 +3,18 @@ an object in a target frame X_t.
 
 Starting from an all-zero mask on X_l, take M gradient steps that lower L(S({X_l}, {mask}, X_t), Y_t)
 (the Eq. 5 update, unclamped, so that pixels can also go negative); the map is ReLU of the result,
-normalised to 0..1. Works inside ``torch.inference_mode()`` like gradient correction.
+smoothed at the network's input stride (``CycleERFConfig.smooth``). ``peak`` keeps its unnormalised
+magnitude, so that two models can be drawn on one scale. Works inside ``torch.inference_mode()`` like
+gradient correction.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import CycleERFConfig
 from .correction import fixed_affinity, plain, reconstruction_loss
@@ -19,12 +23,23 @@ from .network import CycleVOSNet
 from .precision import Precision
 
 
+@dataclass
+class CycleERF:
+    """``map`` (H, W) float32 in 0..1: the ERF divided by ``scale`` (its own peak unless given) and
+    clipped; ``peak``: the ERF's unnormalised maximum."""
+
+    map: np.ndarray
+    peak: float
+    scale: float
+
+
 def cycle_erf_map(
     net: CycleVOSNet, ref_x: torch.Tensor, target_x: torch.Tensor, target_mask: torch.Tensor, config: CycleERFConfig = CycleERFConfig(),
     precision: Precision | None = None,
 ) -> torch.Tensor:
-    """ref_x, target_x (1, 3, Hp, Wp); target_mask (1, 1, Hp, Wp) -> cycle-ERF (Hp, Wp) in 0..1. Runs under
-    ``precision``'s autocast, as gradient correction; the mask being descended stays float32."""
+    """ref_x, target_x (1, 3, Hp, Wp); target_mask (1, 1, Hp, Wp) -> the unnormalised cycle-ERF (Hp, Wp),
+    ReLU'd and smoothed. Runs under ``precision``'s autocast, as gradient correction; the mask being
+    descended stays float32."""
     autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
     with torch.inference_mode(False), torch.enable_grad(), autocast:
         ref_x, target_x, target_mask = plain(ref_x), plain(target_x), plain(target_mask)
@@ -37,42 +52,86 @@ def cycle_erf_map(
             loss = reconstruction_loss(net, m, ref_x, ref_f, target_x, target_f, target_mask, config.gamma, affinity)
             (grad,) = torch.autograd.grad(loss, m)
             m = (m - config.alpha * grad.float()).detach()
-    return normalize_map(torch.relu(m[0, 0]))
+    return gaussian_blur(torch.relu(m[0, 0]), config.smooth)
 
 
-def normalize_map(erf: torch.Tensor) -> torch.Tensor:
-    peak = float(erf.max())
-    return erf / peak if peak > 0 else erf
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of an (H, W) map, edges replicated; sigma 0 returns it as it is."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(round(3 * sigma)))
+    k = torch.exp(-((torch.arange(-r, r + 1, dtype=torch.float32, device=x.device) / sigma) ** 2) / 2)
+    k = k / k.sum()
+    y = F.conv2d(F.pad(x.float()[None, None], (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))[0, 0]
 
 
 def compute_cycle_erf(
     net: CycleVOSNet, ref_frame, target_frame, target_mask, size: int = 240, config: CycleERFConfig = CycleERFConfig(),
-    device: torch.device | None = None, precision: Precision | None = None,
-) -> np.ndarray:
-    """Frames as (H, W, 3) uint8 arrays or float tensors, target_mask (H, W) bool -> (H, W) float32 map
-    in 0..1 at the frames' size."""
+    device: torch.device | None = None, precision: Precision | None = None, scale: float | None = None,
+) -> CycleERF:
+    """Frames as (H, W, 3) uint8 arrays or float tensors, target_mask (H, W) bool -> the map at the frames'
+    size. ``scale`` (e.g. another model's peak) replaces the map's own peak as the value drawn as 1."""
     device = device or next(net.parameters()).device
     H, W = ref_frame.shape[:2]
     geo = Geometry.for_frame(H, W, size)
     net = net.eval()
     ref_x, target_x = geo.frame_in(ref_frame, device), geo.frame_in(target_frame, device)
     y = geo.masks_in(torch.as_tensor(np.asarray(target_mask)).bool()[None], device)  # (1, 1, Hp, Wp)
-    erf = cycle_erf_map(net, ref_x, target_x, y, config, precision)
-    return normalize_map(geo.maps_out(erf[None, None])[0].clamp(min=0)).numpy()
+    erf = geo.maps_out(cycle_erf_map(net, ref_x, target_x, y, config, precision)[None, None])[0].clamp(min=0)
+    peak = float(erf.max())
+    scale = float(scale) if scale else peak
+    out = (erf / scale).clamp(0, 1) if scale > 0 else erf
+    return CycleERF(out.numpy(), peak, scale)
+
+
+# drawing -----------------------------------------------------------------------------------------
+# A perceptual, colour-blind-safe ramp (viridis' endpoints and midpoints), dark = low, yellow = high.
+_RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float32)
 
 
 def heatmap(erf: np.ndarray) -> np.ndarray:
-    """(H, W) map in 0..1 -> (H, W, 3) uint8 colours (black-red-yellow-white ramp)."""
-    v = np.clip(erf, 0, 1)[..., None]
-    stops = np.array([[0, 0, 0], [180, 0, 0], [255, 200, 0], [255, 255, 255]], np.float32)
-    pos = v * (len(stops) - 1)
-    i = np.minimum(pos.astype(int), len(stops) - 2)
+    """(H, W) map in 0..1 -> (H, W, 3) uint8 colours of the perceptual ramp."""
+    pos = np.clip(erf, 0, 1)[..., None] * (len(_RAMP) - 1)
+    i = np.minimum(pos.astype(int), len(_RAMP) - 2)
     t = pos - i
-    col = stops[i[..., 0]] * (1 - t) + stops[i[..., 0] + 1] * t
-    return col.astype(np.uint8)
+    return (_RAMP[i[..., 0]] * (1 - t) + _RAMP[i[..., 0] + 1] * t).astype(np.uint8)
 
 
-def heatmap_overlay(frame: np.ndarray, erf: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """The heat map blended over the frame where the map is strong: (H, W, 3) uint8."""
-    w = (alpha * np.clip(erf, 0, 1))[..., None]
-    return (frame.astype(np.float32) * (1 - w) + heatmap(erf).astype(np.float32) * w).astype(np.uint8)
+def outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
+    """The pixels of a (H, W) bool mask within ``width`` of its border."""
+    m = torch.from_numpy(np.asarray(mask, bool)).float()[None, None]
+    eroded = -F.max_pool2d(-m, 2 * width + 1, stride=1, padding=width)
+    return (m - eroded)[0, 0].numpy() > 0
+
+
+def heatmap_overlay(frame: np.ndarray, erf: np.ndarray, reference_mask: np.ndarray | None = None,
+                    scale: float | None = None) -> np.ndarray:
+    """An overlay read at a glance: the ramp's colour over a dimmed frame, opaque where the map is high
+    and transparent where it is low; the reference object's outline in white; a scale bar in the
+    bottom-right corner (0 to ``scale``, the value drawn as 1). (H, W, 3) uint8."""
+    base = frame.astype(np.float32) * 0.6
+    a = np.clip(erf, 0, 1)[..., None] ** 0.7 * 0.9
+    out = base * (1 - a) + heatmap(erf).astype(np.float32) * a
+    if reference_mask is not None:
+        out[outline(reference_mask)] = 255
+    return _scale_bar(out.astype(np.uint8), scale)
+
+
+def _scale_bar(img: np.ndarray, scale: float | None) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    H, W = img.shape[:2]
+    bw, bh = max(40, W // 5), max(6, H // 40)
+    x0, y0 = W - bw - 8, H - bh - 20
+    if x0 < 0 or y0 < 0:
+        return img
+    img = img.copy()
+    img[y0 : y0 + bh, x0 : x0 + bw] = heatmap(np.linspace(0, 1, bw)[None].repeat(bh, 0))
+    pil = Image.fromarray(img)
+    d = ImageDraw.Draw(pil)
+    d.rectangle([x0 - 1, y0 - 1, x0 + bw, y0 + bh], outline=(255, 255, 255))
+    d.text((x0, y0 + bh + 3), "0", fill=(255, 255, 255))
+    label = f"{scale:.3g}" if scale else "max"
+    d.text((x0 + bw - 6 * len(label), y0 + bh + 3), label, fill=(255, 255, 255))
+    return np.asarray(pil)

@@ -703,10 +703,12 @@ class CycleVOSCycleERF:
                    "masked object in a target frame. Gives the map as a MASK and a heat map over the reference frame.")
     CATEGORY = CATEGORY
     FUNCTION = "compute"
-    RETURN_TYPES = ("MASK", "IMAGE")
-    RETURN_NAMES = ("erf", "heatmap")
-    OUTPUT_TOOLTIPS = ("The cycle-ERF in 0..1 over the reference frame, (1, H, W).",
-                       "The heat map blended over the reference frame, (1, H, W, 3).")
+    RETURN_TYPES = ("MASK", "IMAGE", "FLOAT")
+    RETURN_NAMES = ("erf", "heatmap", "peak")
+    OUTPUT_TOOLTIPS = ("The cycle-ERF in 0..1 over the reference frame, (1, H, W): the raw map divided by scale.",
+                       "The map over the reference frame: colour and opacity follow the value, the reference object "
+                       "outlined, a scale bar, (1, H, W, 3).",
+                       "The raw map's peak: give it as another model's scale to draw both on one scale.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -719,9 +721,13 @@ class CycleVOSCycleERF:
             "reference_frame": _int(0, 0, 1_000_000, "Index l of the frame the map covers."),
             "steps": _int(50, 1, 1000, "M gradient steps (the paper's 50)."),
             "size": _SIZE_IN,
+            "scale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.001,
+                                "tooltip": "The raw value drawn as 1 (0: the map's own peak). Use another model's peak to compare."}),
+        }, "optional": {
+            "reference_mask": ("MASK", {"tooltip": "The object on the reference frame: its outline is drawn on the heat map."}),
         }}
 
-    def compute(self, model, frames, target_frame, target_mask, reference_frame=0, steps=50, size=240):
+    def compute(self, model, frames, target_frame, target_mask, reference_frame=0, steps=50, size=240, scale=0.0, reference_mask=None):
         from ..comfyui_cyclevos.config import CycleERFConfig
         from ..comfyui_cyclevos.cycle_erf import compute_cycle_erf, heatmap_overlay
 
@@ -739,10 +745,19 @@ class CycleVOSCycleERF:
         if not bool(target.any()):
             raise InputError(f"the target mask is empty on frame {target_frame}: the object must be visible there")
         _Progress(1).check()
-        erf = compute_cycle_erf(model.net, frames[reference_frame], frames[target_frame], target.numpy(), int(size),
-                                CycleERFConfig(M=int(steps), alpha=model.gc_rate), model.device, model.precision)
-        heat = heatmap_overlay(_to_uint8(frames[reference_frame]), erf)
-        return (torch.from_numpy(erf).float()[None], torch.from_numpy(heat).float().div_(255)[None])
+        outline = None
+        if reference_mask is not None:
+            r = _mask_batch(reference_mask, "reference_mask")
+            r = r[reference_frame] if r.shape[0] == B and B > 1 else r[0]
+            if tuple(r.shape) != (H, W):
+                _fit_to_frames(tuple(r.shape), (H, W), "the reference mask")
+                r = F.interpolate(r[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+            outline = (r > 0.5).numpy()
+        result = compute_cycle_erf(model.net, frames[reference_frame], frames[target_frame], target.numpy(), int(size),
+                                   CycleERFConfig(M=int(steps), alpha=model.gc_rate), model.device, model.precision,
+                                   scale=float(scale) or None)
+        heat = heatmap_overlay(_to_uint8(frames[reference_frame]), result.map, outline, result.scale)
+        return (torch.from_numpy(result.map).float()[None], torch.from_numpy(heat).float().div_(255)[None], result.peak)
 
 
 class CycleVOSSelectObject:

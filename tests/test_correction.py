@@ -8,7 +8,7 @@ from PIL import Image
 from comfyui_cyclevos.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
 from comfyui_cyclevos.config import CorrectionConfig, CycleERFConfig
 from comfyui_cyclevos.correction import gradient_correct, normalize_objects
-from comfyui_cyclevos.cycle_erf import compute_cycle_erf
+from comfyui_cyclevos.cycle_erf import compute_cycle_erf, cycle_erf_map, gaussian_blur
 from comfyui_cyclevos.davis import read_label_png, sequence_paths
 from comfyui_cyclevos.geometry import Geometry
 from comfyui_cyclevos.network import CycleVOSNet
@@ -47,8 +47,11 @@ def test_cycle_erf_runs_inside_inference_mode(random_net):
     target[10:30, 20:40] = True
     with torch.inference_mode():
         erf = compute_cycle_erf(random_net, a, a, target, size=48, config=CycleERFConfig(M=3))
-    assert erf.shape == (40, 60) and erf.dtype == np.float32
-    assert erf.min() >= 0 and erf.max() == pytest.approx(1.0)
+    assert erf.map.shape == (40, 60) and erf.map.dtype == np.float32
+    assert erf.map.min() >= 0 and erf.map.max() == pytest.approx(1.0) and erf.scale == erf.peak > 0
+    # another model's scale: the same raw map drawn against twice its peak
+    half = compute_cycle_erf(random_net, a, a, target, size=48, config=CycleERFConfig(M=3), scale=2 * erf.peak)
+    assert half.peak == pytest.approx(erf.peak) and np.allclose(half.map, erf.map / 2, atol=1e-6)
 
 
 def _frames(seq: str, *idx: int):
@@ -87,6 +90,23 @@ def test_cycle_erf_on_camel_concentrates_on_the_object(shipped):
     net, _ = shipped
     (f0, f40), (y0, y40) = _frames("camel", 0, 40)
     with torch.inference_mode():
-        erf = compute_cycle_erf(net, f0, f40, y40)
+        erf = compute_cycle_erf(net, f0, f40, y40).map
     assert erf.shape == y0.shape
     assert erf[y0].mean() >= 2 * erf[~y0].mean()
+    # the stride pattern is gone: the share of the map's energy at period-2 frequencies (rows or columns)
+    # at the processing size, where the mask meets the network's stride-2 layers
+    geo = Geometry.for_frame(*y0.shape, 240)
+    x0, x40 = geo.frame_in(f0, "cpu"), geo.frame_in(f40, "cpu")
+    m40 = geo.masks_in(torch.from_numpy(y40)[None], "cpu")
+    with torch.inference_mode():
+        raw = cycle_erf_map(net, x0, x40, m40, CycleERFConfig(smooth=0)).numpy()
+        smooth = gaussian_blur(torch.from_numpy(raw), CycleERFConfig.smooth).numpy()
+    assert _period2_energy(raw) > 0.02 and _period2_energy(smooth) < 0.002
+
+
+def _period2_energy(m: np.ndarray) -> float:
+    h, w = m.shape
+    power = np.abs(np.fft.fft2(m - m.mean())) ** 2
+    fy, fx = np.abs(np.fft.fftfreq(h))[:, None], np.abs(np.fft.fftfreq(w))[None, :]
+    near = (np.abs(fy - 0.5) < 1.5 / h) | (np.abs(fx - 0.5) < 1.5 / w)
+    return float(power[near].sum() / power.sum())

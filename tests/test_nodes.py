@@ -360,7 +360,7 @@ def test_nodes_run_a_converted_checkpoint(tmp_path, frames, objects, keys, sourc
         mask, masks = M["CycleVOSPropagate"]().propagate(m, frames, objects, 2, 4, 64, gc, 2, 2, 0.0)
         _is_mask(mask)
         assert masks.object_ids == [1, 2] and (masks.ids[0].numpy() == _ids()).all()
-        erf, _ = M["CycleVOSCycleERF"]().compute(m, frames, 2, mask, 0, 2, 64)
+        erf, _, _ = M["CycleVOSCycleERF"]().compute(m, frames, 2, mask, 0, 2, 64)
         _is_mask(erf, 1)
 
 
@@ -397,9 +397,16 @@ def test_cycle_erf(model, frames, inference) -> None:
     target = torch.zeros(B, H, W)
     target[:, 8:30, 12:42] = 1
     with torch.inference_mode(inference):
-        erf, heat = M["CycleVOSCycleERF"]().compute(model, frames, 2, target, 0, 3, 64)
+        erf, heat, peak = M["CycleVOSCycleERF"]().compute(model, frames, 2, target, 0, 3, 64)
+        _, outlined, _ = M["CycleVOSCycleERF"]().compute(model, frames, 2, target, 0, 3, 64, 0.0, target)
+        scaled, _, again = M["CycleVOSCycleERF"]().compute(model, frames, 2, target, 0, 3, 64, 2 * peak)
     _is_mask(erf, 1)
     assert tuple(heat.shape) == (1, H, W, 3) and heat.dtype == torch.float32 and float(heat.max()) <= 1
+    assert peak > 0 and again == pytest.approx(peak) and torch.allclose(scaled, erf / 2, atol=1e-6)
+    edge = torch.zeros(H, W, dtype=torch.bool)
+    edge[8:30, 12:42] = True
+    edge[10:28, 14:40] = False  # the object's outline, 2 pixels wide, is drawn white
+    assert (outlined[0][edge] == 1).all() and not (heat[0][edge] == 1).all()
     with pytest.raises(_errors().InputError, match="does not exist"):
         M["CycleVOSCycleERF"]().compute(model, frames, B, target, 0, 1, 64)
 
