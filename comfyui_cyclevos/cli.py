@@ -117,16 +117,20 @@ def parse_removals(values: tuple[str, ...]) -> dict[int, list[int]]:
 @click.option("--mask-video", type=click.Path(dir_okay=False), default=None, help="Also write the masks as a video (.mp4, DAVIS colours).")
 @click.option("--mask-frame", type=click.IntRange(min=0), default=0, show_default=True, help="Frame index of a --mask given without FRAME:; the video is segmented forward from the earliest mask, then backward (the frames before it are kept in memory for that).")
 @click.option("--remove", "removals", multiple=True, help="FRAME:ID[,ID]: stop following these objects from that frame on (repeatable).")
+@click.option("--grow", type=int, default=0, show_default=True, help="Grow (or, negative, shrink) every object by this many pixels in the written masks.")
+@click.option("--fill-holes", is_flag=True, help="Fill holes inside an object (background regions it encloses).")
+@click.option("--min-area", type=click.IntRange(min=0), default=0, show_default=True, help="Remove pieces of an object smaller than this many pixels.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write the cycle confidence (frame,object,score) to this .csv, its plot beside it (.png), and the suggested keyframes to cyclevos.json.")
 @_inference_options
 @_friendly
-def segment(input, masks, out_dir, overlay, mask_video, mask_frame, removals, report, **engine_options):
+def segment(input, masks, out_dir, overlay, mask_video, mask_frame, removals, grow, fill_holes, min_area, report, **engine_options):
     """Segment INPUT (a video file or a folder of frames, sorted by name) from masks drawn on one or more
     of its frames.
 
     Writes OUT/<frame stem>.png for every frame (a 5-digit index for a video) and exits 0 only when
     every frame is written; until then the frames are in OUT.partial.
     """
+    from .mask_edges import EdgeConfig
     from .runner import check_keyframes, check_output_dir, segment_video
     from .video_io import open_frames, read_mask
 
@@ -145,7 +149,7 @@ def segment(input, masks, out_dir, overlay, mask_video, mask_frame, removals, re
         cfg = replace(cfg, confidence=replace(cfg.confidence, enabled=True))
     with click.progressbar(length=len(source), label="segmenting", file=sys.stderr) as bar:
         stats = segment_video(net, source, keyframes, out_dir, cfg, dev, overlay, mask_video, progress=bar.update,
-                              removals=removal_frames, report=report)
+                              removals=removal_frames, report=report, edges=EdgeConfig(grow, fill_holes, min_area))
     click.echo(f"{stats.frames} frames, {len(stats.objects)} object(s), {stats.fps:.1f} frames/s -> {out_dir}")
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .config import CycleERFConfig
 from .correction import fixed_affinity, plain, reconstruction_loss
+from .filters import gaussian_blur
 from .geometry import Geometry
 from .network import CycleVOSNet
 from .precision import Precision
@@ -53,17 +54,6 @@ def cycle_erf_map(
             (grad,) = torch.autograd.grad(loss, m)
             m = (m - config.alpha * grad.float()).detach()
     return gaussian_blur(torch.relu(m[0, 0]), config.smooth)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of an (H, W) map, edges replicated; sigma 0 returns it as it is."""
-    if sigma <= 0:
-        return x
-    r = max(1, int(round(3 * sigma)))
-    k = torch.exp(-((torch.arange(-r, r + 1, dtype=torch.float32, device=x.device) / sigma) ** 2) / 2)
-    k = k / k.sum()
-    y = F.conv2d(F.pad(x.float()[None, None], (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))[0, 0]
 
 
 def compute_cycle_erf(
@@ -134,4 +124,4 @@ def _scale_bar(img: np.ndarray, scale: float | None) -> np.ndarray:
     d.text((x0, y0 + bh + 3), "0", fill=(255, 255, 255))
     label = f"{scale:.3g}" if scale else "max"
     d.text((x0 + bw - 6 * len(label), y0 + bh + 3), label, fill=(255, 255, 255))
-    return np.asarray(pil)
+    return np.array(pil)

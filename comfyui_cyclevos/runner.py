@@ -18,6 +18,7 @@ from .config import InferenceConfig
 from .errors import InputError
 from .network import CycleVOSNet
 from .confidence import suggest_keyframes, write_report
+from .mask_edges import EdgeConfig, refine_ids
 from .propagate import InferenceCore, propagate_both_ways
 from .video_io import FrameSource, MaskVideoWriter, OverlayVideoWriter, check_mask, write_palette_png
 
@@ -83,6 +84,7 @@ def segment_video(
     progress: Callable[[int], None] | None = None,
     removals: dict[int, list[int]] | None = None,
     report: str | os.PathLike | None = None,
+    edges: EdgeConfig | None = None,
 ) -> RunStats:
     """Segment every frame of ``source`` from the ids drawn on one or more frames (``keyframes``: frame
     index -> (H, W) id map) into ``out_dir``: forward from the earliest keyframe (later ones replace the
@@ -92,7 +94,8 @@ def segment_video(
     The PNGs go to ``out_dir.partial`` and the folder is renamed to ``out_dir`` after the last frame
     (with a ``cyclevos.json`` summary); an error or an interruption leaves only the ``.partial`` folder.
     ``report`` (a .csv path; needs ``config.confidence.enabled``) gets the cycle scores, a plot beside it,
-    and the suggested keyframes go into the summary.
+    and the suggested keyframes go into the summary. ``edges`` refines each written id map (grow or shrink,
+    fill holes, remove specks); it is post-processing: memory holds the engine's own masks.
     """
     out = Path(out_dir)
     config = config or InferenceConfig()
@@ -113,6 +116,8 @@ def segment_video(
         for (index, stem), frame, ids, frame_scores in propagate_both_ways(lambda: InferenceCore(net, config, device), indexed, keyframes, removals):
             if frame_scores:
                 scores[index] = frame_scores
+            if edges is not None and edges.changes_ids:
+                ids = refine_ids(ids, edges)
             write_palette_png(partial / f"{stem}.png", ids)
             if ov is not None:
                 ov.write(frame, ids)
@@ -129,7 +134,7 @@ def segment_video(
     summary = {"input": str(source.path), "frames": written, "objects": objects, "seconds": round(seconds, 3),
                "fps": round(stats.fps, 3), "keyframes": sorted(keyframes), "mask_frame": start,
                "removals": {str(k): v for k, v in sorted((removals or {}).items())},
-               "config": asdict(config), "model": net.config.to_dict()}
+               "config": asdict(config), "edges": asdict(edges or EdgeConfig()), "model": net.config.to_dict()}
     if config.confidence.enabled:
         summary["suggested_keyframes"] = suggest_keyframes(scores, frames=written)
         summary["scored_frames"] = len(scores)

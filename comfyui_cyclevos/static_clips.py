@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import InputError
+from .filters import gaussian_blur
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 
@@ -176,15 +177,6 @@ class StaticClipSampler:
         rgb = ((src[:3] - mu_s) / sd_s * sd_l + mu_l).clamp(0, 1)
         return torch.cat([rgb, src[3:]])
 
-    @staticmethod
-    def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """Gaussian blur of (3, H, W)."""
-        r = max(1, int(round(2 * sigma)))
-        k = torch.exp(-((torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2) / 2)
-        k = (k / k.sum()).view(1, 1, 1, -1)
-        y = F.conv2d(F.pad(x[:, None], (r, r, 0, 0), mode="replicate"), k)
-        return F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.transpose(-1, -2))[:, 0]
-
     # one clip ---------------------------------------------------------------------------------
     def clip(self, g: torch.Generator, distractor: bool | None = None) -> StaticClip:
         """One clip; ``distractor`` forces (True) or forbids (False) the untracked look-alike."""
@@ -225,7 +217,7 @@ class StaticClipSampler:
         x = self._jitter(x, g, 0.5)
         for t in range(T):
             if float(torch.rand(1, generator=g)) < cfg.blur_prob:
-                x[t] = self._blur(x[t], _uniform(g, 0.4, 1.5))
+                x[t] = gaussian_blur(x[t], _uniform(g, 0.4, 1.5), truncate=2.0)
         if float(torch.rand(1, generator=g)) < 0.5:
             x, ids = x.flip(-1), ids.flip(-1)
         kept = [k for k in range(1, n + 1) if float((ids[0] == k).float().mean()) >= cfg.min_area]

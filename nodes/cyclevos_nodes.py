@@ -639,6 +639,45 @@ class CycleVOSConfidence:
         return (plot, ", ".join(map(str, suggested)), "\n".join(rows))
 
 
+class CycleVOSRefineEdges:
+    DESCRIPTION = ("Edge controls per object on Propagate's masks: grow or shrink by pixels, fill holes, remove specks "
+                   "below an area, and feather the edge of the MASK output (inside the frame; core FeatherMask only "
+                   "feathers the image border). Objects never overlap: growing takes background only.")
+    CATEGORY = CATEGORY
+    FUNCTION = "refine"
+    RETURN_TYPES = ("CYCLEVOS_MASKS", "MASK")
+    RETURN_NAMES = ("masks", "mask")
+    OUTPUT_TOOLTIPS = ("The refined object ids (for Select Object, Overlay, Save Masks).",
+                       "All objects together, feathered: (B, H, W) float in 0..1.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "masks": ("CYCLEVOS_MASKS", {"tooltip": "From CycleVOS Propagate."}),
+            "grow": _int(0, -256, 256, "Pixels to grow each object by (negative: shrink)."),
+            "fill_holes": ("BOOLEAN", {"default": False, "tooltip": "Fill background regions enclosed by an object."}),
+            "min_area": _int(0, 0, 1_000_000, "Remove pieces of an object smaller than this many pixels (0: keep all)."),
+            "feather": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.5,
+                                  "tooltip": "Soft edge of the MASK output: Gaussian sigma in pixels (0: hard)."}),
+        }}
+
+    def refine(self, masks, grow=0, fill_holes=False, min_area=0, feather=0.0):
+        from ..comfyui_cyclevos.mask_edges import EdgeConfig, refine_ids, soft_mask
+
+        cfg = EdgeConfig(int(grow), bool(fill_holes), int(min_area), float(feather))
+        B = masks.ids.shape[0]
+        progress = _Progress(B)
+        ids = masks.ids.clone()
+        soft = torch.zeros(ids.shape, dtype=torch.float32)
+        for t in range(B):
+            progress.check()
+            if cfg.changes_ids:
+                ids[t] = torch.from_numpy(refine_ids(ids[t].numpy(), cfg))
+            soft[t] = soft_mask(ids[t].numpy(), None, cfg.feather)
+            progress.update(t + 1)
+        return (ObjectMasks(ids, list(masks.object_ids), dict(masks.scores)), soft)
+
+
 class CycleVOSGradientCorrect:
     DESCRIPTION = ("Refines ANY mask sequence (this pack's, SAM 2's, another tool's) by the paper's gradient correction "
                    "(Eq. 5): each corrected frame's mask is changed so that the network, given only that frame and mask, "
@@ -929,6 +968,7 @@ NODE_CLASS_MAPPINGS = {
     "CycleVOSLoadModel": CycleVOSLoadModel,
     "CycleVOSPropagate": CycleVOSPropagate,
     "CycleVOSConfidence": CycleVOSConfidence,
+    "CycleVOSRefineEdges": CycleVOSRefineEdges,
     "CycleVOSGradientCorrect": CycleVOSGradientCorrect,
     "CycleVOSCycleERF": CycleVOSCycleERF,
     "CycleVOSSelectObject": CycleVOSSelectObject,
@@ -943,6 +983,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CycleVOSLoadModel": "CycleVOS Load Model",
     "CycleVOSPropagate": "CycleVOS Propagate",
     "CycleVOSConfidence": "CycleVOS Confidence",
+    "CycleVOSRefineEdges": "CycleVOS Refine Edges",
     "CycleVOSGradientCorrect": "CycleVOS Gradient Correct",
     "CycleVOSCycleERF": "CycleVOS Cycle-ERF",
     "CycleVOSSelectObject": "CycleVOS Select Object",

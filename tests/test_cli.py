@@ -156,3 +156,16 @@ def test_an_unwritable_out_is_a_one_line_error(clip_folder, random_checkpoint, t
     (tmp_path / "file").write_text("not a folder")
     line = _one_line_error(run("segment", frames, "--mask", mask, "--out", tmp_path / "file" / "o", "--weights", random_checkpoint, "--size", 64))
     assert "file" in line and "--out" in line
+
+
+def test_edge_options_change_the_written_masks(clip_folder, random_checkpoint, tmp_path):
+    frames, mask = clip_folder
+    args = ("segment", frames, "--mask", mask, "--weights", random_checkpoint, "--size", 64, "--no-gc")
+    assert run(*args, "--out", tmp_path / "plain").exit_code == 0
+    r = run(*args, "--out", tmp_path / "grown", "--grow", 3, "--fill-holes", "--min-area", 5)
+    assert r.exit_code == 0, r.output
+    first = sorted((tmp_path / "plain").glob("*.png"))[0].name
+    plain = np.asarray(Image.open(tmp_path / "plain" / first))
+    grown = np.asarray(Image.open(tmp_path / "grown" / first))
+    assert (grown > 0).sum() > (plain > 0).sum() and (grown[plain > 0] == plain[plain > 0]).all()
+    assert json.loads((tmp_path / "grown" / "cyclevos.json").read_text())["edges"]["grow"] == 3

@@ -8,7 +8,8 @@ from PIL import Image
 from comfyui_cyclevos.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
 from comfyui_cyclevos.config import CorrectionConfig, CycleERFConfig
 from comfyui_cyclevos.correction import gradient_correct, normalize_objects
-from comfyui_cyclevos.cycle_erf import compute_cycle_erf, cycle_erf_map, gaussian_blur
+from comfyui_cyclevos.cycle_erf import compute_cycle_erf, cycle_erf_map
+from comfyui_cyclevos.filters import gaussian_blur
 from comfyui_cyclevos.davis import read_label_png, sequence_paths
 from comfyui_cyclevos.geometry import Geometry
 from comfyui_cyclevos.network import CycleVOSNet

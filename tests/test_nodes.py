@@ -99,7 +99,7 @@ def _is_mask(m: torch.Tensor, b: int = B) -> None:
 def test_the_pack_loads_like_comfyui_does(tmp_path) -> None:
     """A copy under another folder name with dots (ComfyUI maps '.' to '_x_'), relative imports only."""
     assert set(PACK.NODE_CLASS_MAPPINGS) == set(PACK.NODE_DISPLAY_NAME_MAPPINGS)
-    assert len(PACK.NODE_CLASS_MAPPINGS) == 11
+    assert len(PACK.NODE_CLASS_MAPPINGS) == 12
     assert not hasattr(PACK, "WEB_DIRECTORY")
     folder = tmp_path / "custom_nodes" / "comfyui-cyclevos.v1"
     folder.mkdir(parents=True)
@@ -550,3 +550,14 @@ def test_keyframes_chain_into_propagate(model, frames) -> None:
     assert not (masks.ids[:3] == 2).any()  # object 2 exists from frame 3 on
     with pytest.raises(_errors().InputError, match="already has a keyframe"):
         M["CycleVOSKeyframe"]().add(chain, 3, 0.5, False, mask=both)
+
+
+def test_refine_edges_grows_and_feathers(model, frames, objects) -> None:
+    _, masks = M["CycleVOSPropagate"]().propagate(model, frames, objects, 5, 16, 64, False, 5, 10, 0.0)
+    same, hard = M["CycleVOSRefineEdges"]().refine(masks, 0, False, 0, 0.0)
+    assert torch.equal(same.ids, masks.ids) and torch.equal(hard, (masks.ids > 0).float())
+    grown, soft = M["CycleVOSRefineEdges"]().refine(masks, 2, True, 20, 1.5)
+    _is_mask(soft)
+    assert grown.object_ids == masks.object_ids and grown.scores == masks.scores
+    assert (grown.ids[0] > 0).sum() > (masks.ids[0] > 0).sum()  # the drawn frame's objects grew
+    assert ((soft > 0.05) & (soft < 0.95)).any()  # soft edges
