@@ -14,11 +14,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .confidence import suggest_keyframes, write_report
 from .config import InferenceConfig
 from .errors import InputError
-from .network import CycleVOSNet
-from .confidence import suggest_keyframes, write_report
 from .mask_edges import EdgeConfig, refine_ids
+from .network import CycleVOSNet
+from .precision import Precision
 from .propagate import InferenceCore, propagate_both_ways
 from .video_io import FrameSource, MaskVideoWriter, OverlayVideoWriter, check_mask, write_palette_png
 
@@ -70,6 +71,40 @@ def check_keyframes(keyframes: dict[int, np.ndarray], frame_size: tuple[int, int
             raise InputError(f"a mask is given for frame {index} but the video has {frames} frames (0..{frames - 1})")
         check_mask(mask, frame_size, "the mask" if len(keyframes) == 1 else f"the mask of frame {index}")
     return check_mask(keyframes[min(keyframes)], frame_size)
+
+
+@dataclass
+class SegmentedFrames:
+    """``segment_frames``' result: every frame's ids, the object ids, the cycle scores by frame."""
+
+    ids: torch.Tensor  # (B, H, W) uint8
+    object_ids: list[int]
+    scores: dict[int, dict[int, float]]
+
+
+def segment_frames(
+    net: CycleVOSNet,
+    frames,
+    keyframes: dict[int, np.ndarray],
+    config: InferenceConfig | None = None,
+    device: torch.device | None = None,
+    precision: Precision | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SegmentedFrames:
+    """Segment frames held in memory ((B, H, W, 3) float tensor in 0..1 or uint8 array) from the ids drawn
+    on ``keyframes`` (forward from the earliest, then backward; see ``propagate_both_ways``).
+    ``progress(done)`` is called after each frame and may raise to stop the run."""
+    out = torch.zeros(tuple(frames.shape[:3]), dtype=torch.uint8)
+    scores: dict[int, dict[int, float]] = {}
+    make_engine = lambda: InferenceCore(net, config, device, precision)
+    for done, (t, _, labels, frame_scores) in enumerate(propagate_both_ways(make_engine, enumerate(frames), keyframes), 1):
+        out[t] = torch.from_numpy(labels)
+        if frame_scores:
+            scores[t] = frame_scores
+        if progress is not None:
+            progress(done)
+    object_ids = sorted({int(i) for ids in keyframes.values() for i in np.unique(ids) if i != 0})
+    return SegmentedFrames(out, object_ids, scores)
 
 
 def segment_video(

@@ -1,4 +1,40 @@
-"""ComfyUI nodes of cyclevos; the library they call is the sibling package ``comfyui_cyclevos``."""
-from .cyclevos_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+"""ComfyUI nodes of cyclevos (classic node API, category ``cyclevos``): thin adapters from ComfyUI's types to
+the library ``comfyui_cyclevos`` and back, one module per concern. IMAGE is (B, H, W, 3) float32 in 0..1 on
+the CPU and MASK (B, H, W) float32."""
+from .model import CycleVOSLoadModel
+from .objects import CycleVOSFirstFrameMask, CycleVOSKeyframe, CycleVOSRefineEdges, CycleVOSSelectObject
+from .output import CycleVOSOverlay, CycleVOSSaveMasks
+from .propagation import CycleVOSConfidence, CycleVOSCycleERF, CycleVOSGradientCorrect, CycleVOSPropagate
+from .video import CycleVOSLoadVideo
+
+NODE_CLASS_MAPPINGS = {
+    "CycleVOSLoadVideo": CycleVOSLoadVideo,
+    "CycleVOSFirstFrameMask": CycleVOSFirstFrameMask,
+    "CycleVOSKeyframe": CycleVOSKeyframe,
+    "CycleVOSLoadModel": CycleVOSLoadModel,
+    "CycleVOSPropagate": CycleVOSPropagate,
+    "CycleVOSConfidence": CycleVOSConfidence,
+    "CycleVOSRefineEdges": CycleVOSRefineEdges,
+    "CycleVOSGradientCorrect": CycleVOSGradientCorrect,
+    "CycleVOSCycleERF": CycleVOSCycleERF,
+    "CycleVOSSelectObject": CycleVOSSelectObject,
+    "CycleVOSOverlay": CycleVOSOverlay,
+    "CycleVOSSaveMasks": CycleVOSSaveMasks,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "CycleVOSLoadVideo": "CycleVOS Load Video",
+    "CycleVOSFirstFrameMask": "CycleVOS First Frame Mask",
+    "CycleVOSKeyframe": "CycleVOS Keyframe",
+    "CycleVOSLoadModel": "CycleVOS Load Model",
+    "CycleVOSPropagate": "CycleVOS Propagate",
+    "CycleVOSConfidence": "CycleVOS Confidence",
+    "CycleVOSRefineEdges": "CycleVOS Refine Edges",
+    "CycleVOSGradientCorrect": "CycleVOS Gradient Correct",
+    "CycleVOSCycleERF": "CycleVOS Cycle-ERF",
+    "CycleVOSSelectObject": "CycleVOS Select Object",
+    "CycleVOSOverlay": "CycleVOS Overlay",
+    "CycleVOSSaveMasks": "CycleVOS Save Masks",
+}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -33,7 +33,9 @@ def _load_pack(module_path: Path = ROOT):
 
 
 PACK = _load_pack()
-N = importlib.import_module(PACK.__name__ + ".nodes.cyclevos_nodes")
+N = importlib.import_module(PACK.__name__ + ".nodes")
+NODE_MODEL = importlib.import_module(PACK.__name__ + ".nodes.model")
+NODE_PROPAGATION = importlib.import_module(PACK.__name__ + ".nodes.propagation")
 M = N.NODE_CLASS_MAPPINGS
 
 
@@ -232,10 +234,10 @@ def test_model_cache_returns_the_same_object(checkpoint, model, tmp_path) -> Non
     assert not any(p.requires_grad for p in model.net.parameters())
     copy = tmp_path / "copy.pt"
     copy.write_bytes(checkpoint.read_bytes())
-    other = N.load_model(copy, "cpu")
-    assert other is not model and N.load_model(copy, "cpu") is other
+    other = NODE_MODEL.load_model(copy, "cpu")
+    assert other is not model and NODE_MODEL.load_model(copy, "cpu") is other
     with pytest.raises(_errors().InputError, match="fp16"):
-        N.load_model(checkpoint, "cpu", "fp16")
+        NODE_MODEL.load_model(checkpoint, "cpu", "fp16")
     with pytest.raises(_errors().InputError, match="not found"):
         M["CycleVOSLoadModel"]().load("no-such.pt")
 
@@ -282,7 +284,7 @@ def test_propagate_from_a_later_frame_goes_both_ways(model, frames) -> None:
     assert calls[0] == ("total", B) and calls[-1] == B  # every frame once
     # frames on both sides are the library's: forward from frame 3 to the end, backward from it to frame 0
     InferenceCore = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.propagate").InferenceCore
-    config = N._inference_config(model, 64, 5, 16, False, 5, 10, 0.0)
+    config = NODE_PROPAGATION._inference_config(model, 64, 5, 16, False, 5, 10, 0.0)
     drawn = (_ids() > 0).astype(np.uint8)
     for order in ([3, 4, 5], [3, 2, 1, 0]):
         engine = InferenceCore(model.net, config, model.device, model.precision)

@@ -1,0 +1,200 @@
+"""What every cyclevos node shares: ComfyUI's modules when present (with fallbacks, so the nodes import and
+run without ComfyUI), tensor adapters, the custom types passed between nodes, and widget specs.
+
+Custom types:
+  CYCLEVOS_MODEL    a loaded network with its device and precision (``CycleVOSModel``)
+  CYCLEVOS_OBJECTS  the objects to follow: (H, W) uint8 maps of object ids on one or more keyframes (``Objects``)
+  CYCLEVOS_MASKS    per-object result: (B, H, W) uint8 ids for every frame, the object ids, the cycle scores (``ObjectMasks``)
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..comfyui_cyclevos.errors import InputError
+from ..comfyui_cyclevos.precision import Precision
+
+log = logging.getLogger("cyclevos")
+
+CATEGORY = "cyclevos"
+MODEL_FOLDER = "cyclevos"  # ComfyUI's models/cyclevos/
+PACK_ROOT = Path(__file__).resolve().parent.parent
+CORE_ROOT = PACK_ROOT / "comfyui_cyclevos"
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".gif", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"})
+CHECKPOINT_EXTENSIONS = frozenset({".pt", ".pth"})
+DEFAULT_FPS = 24.0
+
+
+# ----------------------------------------------------------------------------- ComfyUI, when present
+
+
+def _folder_paths():
+    try:
+        import folder_paths  # ComfyUI's
+
+        return folder_paths
+    except ImportError:
+        return None
+
+
+class _Progress:
+    """ComfyUI's progress bar and cancel check; both do nothing outside ComfyUI."""
+
+    def __init__(self, total: int):
+        self.total = max(1, int(total))
+        self.bar = None
+        self._interrupted = None
+        try:
+            from comfy.utils import ProgressBar
+
+            self.bar = ProgressBar(self.total)
+        except ImportError:
+            pass
+        try:
+            from comfy.model_management import throw_exception_if_processing_interrupted
+
+            self._interrupted = throw_exception_if_processing_interrupted
+        except ImportError:
+            pass
+
+    def check(self) -> None:
+        """Raises ComfyUI's InterruptProcessingException when the user cancelled the run."""
+        if self._interrupted is not None:
+            self._interrupted()
+
+    def update(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update_absolute(min(int(done), self.total), self.total)
+
+
+def _comfy_device() -> torch.device | None:
+    try:
+        import comfy.model_management as mm
+
+        return torch.device(mm.get_torch_device())
+    except Exception:  # not in ComfyUI, or ComfyUI could not tell
+        return None
+
+
+def _input_dir() -> Path:
+    fp = _folder_paths()
+    return Path(fp.get_input_directory()) if fp is not None else Path.cwd()
+
+
+def _output_dir() -> Path:
+    fp = _folder_paths()
+    return Path(fp.get_output_directory()) if fp is not None else Path.cwd() / "output"
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def _frames(images: torch.Tensor, name: str = "frames") -> torch.Tensor:
+    """IMAGE (B, H, W, C) -> (B, H, W, 3) float on the CPU (an alpha channel is dropped)."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (3, 4):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise InputError(f"{name} must be an IMAGE batch (B, H, W, 3), got {shape}")
+    if images.shape[0] == 0:
+        raise InputError(f"{name} is an empty batch: load at least one frame")
+    return images[..., :3].float().cpu()
+
+
+def _mask_batch(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
+    """MASK (B, H, W) or (H, W) -> (B, H, W) float on the CPU."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InputError(f"{name} must be a MASK (B, H, W), got {shape}")
+    m = mask[None] if mask.ndim == 2 else mask
+    return m.float().cpu()
+
+
+def _to_uint8(frame: torch.Tensor) -> np.ndarray:
+    return (frame.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+
+
+def _resize_nearest(ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(..., h, w) integer maps -> (..., H, W) by nearest neighbour."""
+    lead = ids.shape[:-2]
+    x = ids.reshape(-1, 1, *ids.shape[-2:]).float()
+    return F.interpolate(x, size=size, mode="nearest").to(ids.dtype).reshape(*lead, *size)
+
+
+def _fit_to_frames(mask_hw: tuple[int, int], frame_hw: tuple[int, int], name: str) -> None:
+    """A mask drawn at another resolution of the same picture is resized; another shape is an error."""
+    (h, w), (H, W) = mask_hw, frame_hw
+    if abs(h / w - H / W) > 0.01 * (H / W):
+        raise InputError(f"{name} is {w}x{h} but the frames are {W}x{H} (width x height), another shape: "
+                         "draw the mask on a frame of this video")
+
+
+# ----------------------------------------------------------------------------- custom types
+
+
+@dataclass(eq=False)
+class CycleVOSModel:
+    """CYCLEVOS_MODEL: a network ready to run, shared by every node that receives it."""
+
+    net: torch.nn.Module
+    device: torch.device
+    precision: Precision  # resolved for the device
+    path: str
+    gc_rate: float  # the checkpoint's measured correction rate (alpha), else the paper's 150
+
+    def __repr__(self) -> str:
+        return f"CycleVOSModel({Path(self.path).name}, {self.device}, {self.precision.name})"
+
+
+@dataclass(eq=False)
+class Objects:
+    """CYCLEVOS_OBJECTS: object ids drawn on one or more frames (keyframes) of the video."""
+
+    keyframes: dict[int, np.ndarray]  # frame index -> (H, W) uint8 ids, 0 = background
+
+    @property
+    def frame_index(self) -> int:
+        """The earliest keyframe: propagation runs forward and backward from it."""
+        return min(self.keyframes)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.keyframes[self.frame_index]
+
+    @property
+    def object_ids(self) -> list[int]:
+        return sorted({int(i) for ids in self.keyframes.values() for i in np.unique(ids) if i != 0})
+
+    def __repr__(self) -> str:
+        return f"Objects({self.object_ids} on frames {sorted(self.keyframes)}, {self.ids.shape[1]}x{self.ids.shape[0]})"
+
+
+@dataclass(eq=False)
+class ObjectMasks:
+    """CYCLEVOS_MASKS: every frame's object ids, one byte a pixel (a quarter of a float MASK)."""
+
+    ids: torch.Tensor  # (B, H, W) uint8
+    object_ids: list[int]
+    scores: dict[int, dict[int, float]] = field(default_factory=dict)  # cycle confidence: frame -> {object id: score}
+
+    def __repr__(self) -> str:
+        B, H, W = self.ids.shape
+        return f"ObjectMasks({B} frames {W}x{H}, objects {self.object_ids})"
+
+
+# ----------------------------------------------------------------------------- widgets
+
+_MODEL_IN = ("CYCLEVOS_MODEL", {"tooltip": "The network, from CycleVOS Load Model."})
+_FRAMES_IN = ("IMAGE", {"tooltip": "The video's frames as an IMAGE batch (B, H, W, 3), e.g. from CycleVOS Load Video."})
+_SIZE_IN = ("INT", {"default": 240, "min": 0, "max": 4096, "step": 8,
+                    "tooltip": "Processing short side in pixels (240 is the paper's; 0 = the frames' own size). "
+                               "Masks are returned at the frames' size. Larger is slower and needs more memory."})
+
+
+def _int(default, lo, hi, tip, step=1):
+    return ("INT", {"default": default, "min": lo, "max": hi, "step": step, "tooltip": tip})
+
+

@@ -1,0 +1,239 @@
+"""Propagation through the video, its cycle confidence, gradient correction and cycle-ERF."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..comfyui_cyclevos.errors import InputError
+from .common import (CATEGORY, CycleVOSModel, ObjectMasks, _fit_to_frames, _frames, _FRAMES_IN, _int, _mask_batch,
+                     _MODEL_IN, _Progress, _resize_nearest, _SIZE_IN, _to_uint8)
+
+def _inference_config(model: CycleVOSModel, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate):
+    from ..comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
+
+    return InferenceConfig(
+        size=int(size),
+        precision=model.precision.name,
+        memory=MemoryConfig(K=int(mem_every), capacity=int(mem_capacity)),
+        correction=CorrectionConfig(enabled=bool(gradient_correction), K=int(gc_every), N=int(gc_steps),
+                                    alpha=float(gc_rate) if gc_rate > 0 else model.gc_rate),
+    )
+
+
+
+class CycleVOSPropagate:
+    DESCRIPTION = ("Follows the objects through the frames with the cycle-consistent space-time memory network. "
+                   "The objects may be drawn on any frame: the run goes forward from that frame to the end, then "
+                   "backward from it to the first frame. With gradient correction on, every K-th frame's mask is "
+                   "refined against the drawn mask (paper Eq. 5). Time and memory per frame are bounded by the memory "
+                   "capacity, not by the video's length.")
+    CATEGORY = CATEGORY
+    FUNCTION = "propagate"
+    RETURN_TYPES = ("MASK", "CYCLEVOS_MASKS")
+    RETURN_NAMES = ("mask", "masks")
+    OUTPUT_TOOLTIPS = ("All objects together, one MASK per frame (B, H, W) at the frames' size.",
+                       "Each frame's object ids, for Select Object, Overlay and Save Masks.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": _MODEL_IN,
+            "frames": _FRAMES_IN,
+            "objects": ("CYCLEVOS_OBJECTS", {"tooltip": "The objects on one frame, from CycleVOS First Frame Mask."}),
+            "mem_every": _int(5, 1, 1000, "Add every K-th frame to the memory (the paper's 5)."),
+            "mem_capacity": _int(16, 1, 1000, "Most memory frames besides the drawn one (oldest dropped): bounds time and memory per frame."),
+            "size": _SIZE_IN,
+            "gradient_correction": ("BOOLEAN", {"default": True, "tooltip": "Refine every K-th frame's mask against the drawn mask (paper Eq. 5); about 2-5x slower on those frames."}),
+            "gc_every": _int(5, 1, 1000, "Correct every K-th frame."),
+            "gc_steps": _int(10, 1, 200, "N gradient steps per corrected frame."),
+            "gc_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10000.0, "step": 1.0,
+                                  "tooltip": "Step size alpha (0 = the checkpoint's measured rate, else 150; the loss is a per-pixel mean, hence large)."}),
+        }, "optional": {
+            "confidence": ("BOOLEAN", {"default": True, "tooltip": "Score every K-th frame's mask by the cycle check (paper Eq. 2): "
+                                       "read it with CycleVOS Confidence to see where tracking failed."}),
+        }}
+
+    def propagate(self, model, frames, objects, mem_every=5, mem_capacity=16, size=240, gradient_correction=True,
+                  gc_every=5, gc_steps=10, gc_rate=0.0, confidence=None):
+        frames = _frames(frames)
+        B, H, W, _ = frames.shape
+        keyframes = {}
+        for t, drawn in sorted(objects.keyframes.items()):
+            if not 0 <= t < B:
+                raise InputError(f"the objects are drawn on frame {t} but there are {B} frames (0..{B - 1})")
+            ids = torch.from_numpy(np.ascontiguousarray(drawn))
+            if tuple(ids.shape) != (H, W):
+                _fit_to_frames(tuple(ids.shape), (H, W), "the objects' mask")
+                ids = _resize_nearest(ids, (H, W))
+            keyframes[t] = ids.numpy()
+        config = _inference_config(model, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate)
+        config = replace(config, confidence=replace(config.confidence, enabled=confidence is None or bool(confidence)))  # on unless turned off
+        from ..comfyui_cyclevos.runner import segment_frames
+
+        progress = _Progress(B)
+
+        def report(done):
+            progress.check()
+            progress.update(done)
+
+        result = segment_frames(model.net, frames, keyframes, config, model.device, model.precision, report)
+        masks = ObjectMasks(result.ids, result.object_ids, result.scores)
+        return ((masks.ids > 0).float(), masks)
+
+
+class CycleVOSConfidence:
+    DESCRIPTION = ("Where did tracking fail? Propagate scores every K-th frame's mask by the paper's cycle check: from that "
+                   "frame and its mask alone, the network predicts the drawn mask back (Eq. 2); a low score means the mask "
+                   "likely drifted. Gives a plot of the scores over time and the frames to fix first.")
+    CATEGORY = CATEGORY
+    FUNCTION = "report"
+    RETURN_TYPES = ("IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("plot", "suggested_frames", "scores_csv")
+    OUTPUT_TOOLTIPS = ("Each object's score (0 bottom, 1 top) over the frames; suggested frames in grey.",
+                       "The frames to correct first (low scores, spread over the video), comma-separated.",
+                       "frame,object,score rows.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "masks": ("CYCLEVOS_MASKS", {"tooltip": "From CycleVOS Propagate with confidence on."}),
+            "count": _int(3, 1, 100, "How many frames to suggest."),
+        }}
+
+    def report(self, masks, count=3):
+        from ..comfyui_cyclevos.confidence import plot_scores, suggest_keyframes
+
+        if not masks.scores:
+            raise InputError("these masks carry no cycle scores: turn on confidence in CycleVOS Propagate")
+        B = masks.ids.shape[0]
+        suggested = suggest_keyframes(masks.scores, int(count), B)
+        plot = torch.from_numpy(plot_scores(masks.scores, suggested, B)).float()[None] / 255
+        rows = ["frame,object,score"] + [f"{t},{o},{v:.4f}" for t in sorted(masks.scores) for o, v in sorted(masks.scores[t].items())]
+        return (plot, ", ".join(map(str, suggested)), "\n".join(rows))
+
+
+
+class CycleVOSGradientCorrect:
+    DESCRIPTION = ("Refines ANY mask sequence (this pack's, SAM 2's, another tool's) by the paper's gradient correction "
+                   "(Eq. 5): each corrected frame's mask is changed so that the network, given only that frame and mask, "
+                   "reconstructs the reference frame's mask. Frames are corrected independently; the reference frame is kept.")
+    CATEGORY = CATEGORY
+    FUNCTION = "correct"
+    RETURN_TYPES = ("MASK",)
+    RETURN_NAMES = ("mask",)
+    OUTPUT_TOOLTIPS = ("The corrected masks (B, H, W), soft values in 0..1 at the frames' size.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": _MODEL_IN,
+                "frames": _FRAMES_IN,
+                "masks": ("MASK", {"tooltip": "One mask per frame (B, H, W) of one object (or of all objects together)."}),
+                "reference_frame": _int(0, 0, 1_000_000, "Index of the frame whose mask is trusted (usually the drawn one)."),
+                "steps": _int(10, 1, 200, "N gradient steps per frame."),
+                "rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10000.0, "step": 1.0,
+                                   "tooltip": "Step size alpha (0 = the checkpoint's measured rate, else 150)."}),
+                "every": _int(1, 1, 1000, "Correct every n-th frame counted from the reference (1 = all)."),
+                "size": _SIZE_IN,
+            },
+            "optional": {
+                "reference_mask": ("MASK", {"tooltip": "The reference frame's mask (default: masks[reference_frame])."}),
+            },
+        }
+
+    def correct(self, model, frames, masks, reference_frame=0, steps=10, rate=0.0, every=1, size=240, reference_mask=None):
+        from ..comfyui_cyclevos.correction import correct_sequence
+
+        frames = _frames(frames)
+        B, H, W, _ = frames.shape
+        masks = _mask_batch(masks, "masks")
+        if masks.shape[0] != B:
+            raise InputError(f"{masks.shape[0]} masks for {B} frames: give one mask per frame")
+        if tuple(masks.shape[-2:]) != (H, W):
+            _fit_to_frames(tuple(masks.shape[-2:]), (H, W), "the masks")
+            masks = F.interpolate(masks[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+        ref = None
+        if reference_mask is not None:
+            ref = _mask_batch(reference_mask, "reference_mask")
+            ref = ref[reference_frame] if ref.shape[0] == B and B > 1 else ref[0]
+            if tuple(ref.shape) != (H, W):
+                _fit_to_frames(tuple(ref.shape), (H, W), "the reference mask")
+                ref = F.interpolate(ref[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+        progress = _Progress(B)
+
+        def report(done, total):
+            progress.check()
+            progress.update(done * B // max(1, total))
+
+        out = correct_sequence(model.net, frames, masks, int(reference_frame), ref, int(steps),
+                               float(rate) if rate > 0 else model.gc_rate, every=int(every), size=int(size),
+                               device=model.device, progress=report, precision=model.precision)
+        return (out.float().contiguous(),)
+
+
+class CycleVOSCycleERF:
+    DESCRIPTION = ("Cycle-ERF (paper Eq. 6): which pixels of a reference frame the network relies on to segment the "
+                   "masked object in a target frame. Gives the map as a MASK and a heat map over the reference frame.")
+    CATEGORY = CATEGORY
+    FUNCTION = "compute"
+    RETURN_TYPES = ("MASK", "IMAGE", "FLOAT")
+    RETURN_NAMES = ("erf", "heatmap", "peak")
+    OUTPUT_TOOLTIPS = ("The cycle-ERF in 0..1 over the reference frame, (1, H, W): the raw map divided by scale.",
+                       "The map over the reference frame: colour and opacity follow the value, the reference object "
+                       "outlined, a scale bar, (1, H, W, 3).",
+                       "The raw map's peak: give it as another model's scale to draw both on one scale.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": _MODEL_IN,
+            "frames": _FRAMES_IN,
+            "target_frame": _int(0, 0, 1_000_000, "Index t of the frame whose object is explained."),
+            "target_mask": ("MASK", {"tooltip": "The object's mask on the target frame: a single mask, or a batch "
+                                                "with one mask per frame (the target frame's is used)."}),
+            "reference_frame": _int(0, 0, 1_000_000, "Index l of the frame the map covers."),
+            "steps": _int(50, 1, 1000, "M gradient steps (the paper's 50)."),
+            "size": _SIZE_IN,
+            "scale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.001,
+                                "tooltip": "The raw value drawn as 1 (0: the map's own peak). Use another model's peak to compare."}),
+        }, "optional": {
+            "reference_mask": ("MASK", {"tooltip": "The object on the reference frame: its outline is drawn on the heat map."}),
+        }}
+
+    def compute(self, model, frames, target_frame, target_mask, reference_frame=0, steps=50, size=240, scale=0.0, reference_mask=None):
+        from ..comfyui_cyclevos.config import CycleERFConfig
+        from ..comfyui_cyclevos.cycle_erf import compute_cycle_erf, heatmap_overlay
+
+        frames = _frames(frames)
+        B, H, W, _ = frames.shape
+        for name, i in (("target_frame", target_frame), ("reference_frame", reference_frame)):
+            if not 0 <= i < B:
+                raise InputError(f"{name} {i} does not exist: there are {B} frames (0..{B - 1})")
+        m = _mask_batch(target_mask, "target_mask")
+        m = m[target_frame] if m.shape[0] == B and B > 1 else m[0]
+        if tuple(m.shape) != (H, W):
+            _fit_to_frames(tuple(m.shape), (H, W), "the target mask")
+            m = F.interpolate(m[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+        target = m > 0.5
+        if not bool(target.any()):
+            raise InputError(f"the target mask is empty on frame {target_frame}: the object must be visible there")
+        _Progress(1).check()
+        outline = None
+        if reference_mask is not None:
+            r = _mask_batch(reference_mask, "reference_mask")
+            r = r[reference_frame] if r.shape[0] == B and B > 1 else r[0]
+            if tuple(r.shape) != (H, W):
+                _fit_to_frames(tuple(r.shape), (H, W), "the reference mask")
+                r = F.interpolate(r[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+            outline = (r > 0.5).numpy()
+        result = compute_cycle_erf(model.net, frames[reference_frame], frames[target_frame], target.numpy(), int(size),
+                                   CycleERFConfig(M=int(steps), alpha=model.gc_rate), model.device, model.precision,
+                                   scale=float(scale) or None)
+        heat = heatmap_overlay(_to_uint8(frames[reference_frame]), result.map, outline, result.scale)
+        return (torch.from_numpy(result.map).float()[None], torch.from_numpy(heat).float().div_(255)[None], result.peak)
+
+

@@ -1,0 +1,106 @@
+"""Video in: a video file from ComfyUI's input folder decoded into an IMAGE batch, with a memory check."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from ..comfyui_cyclevos.errors import InputError
+from .common import CATEGORY, DEFAULT_FPS, VIDEO_EXTENSIONS, _folder_paths, _input_dir, _int, _Progress
+
+
+
+def list_videos() -> list[str]:
+    d = _input_dir()
+    if not d.is_dir():
+        return []
+    return sorted(p.name for p in d.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+def resolve_video(name: str) -> Path:
+    """A name from the input folder (ComfyUI's 'name [input]' / '[output]' / '[temp]' annotations
+    allowed); outside ComfyUI a path relative to the working folder, or absolute."""
+    fp = _folder_paths()
+    if fp is None:
+        return Path(name).expanduser().resolve()
+    rel, base = fp.annotated_filepath(name)
+    base = os.path.abspath(base or fp.get_input_directory())
+    full = os.path.abspath(os.path.join(base, rel))
+    if os.path.commonpath((base, full)) != base:
+        raise InputError(f"video {name!r} is outside ComfyUI's folders: put it in the input folder")
+    return Path(full)
+
+
+def file_fingerprint(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """size + mtime + sha256 of the first and last MiB: cheap even for a large video, and it changes
+    when the file is replaced or edited."""
+    st = os.stat(path)
+    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        if st.st_size > chunk:
+            f.seek(max(chunk, st.st_size - chunk))
+            h.update(f.read(chunk))
+    return h.hexdigest()
+
+
+
+class CycleVOSLoadVideo:
+    DESCRIPTION = ("Loads a video from ComfyUI's input folder as an IMAGE batch (float32, B x H x W x 3: "
+                   "12 bytes a pixel, so a long or large video needs a lot of memory; use the frame cap, skip, "
+                   "every-nth and max side options to bound it). Also gives the frame rate and the frame count.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = ("IMAGE", "FLOAT", "INT")
+    RETURN_NAMES = ("frames", "fps", "frame_count")
+    OUTPUT_TOOLTIPS = ("The frames kept, as an IMAGE batch.",
+                       "Frames per second of the video divided by every_nth (24 when unknown).",
+                       "Number of frames in the batch.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video": (list_videos(), {"video_upload": True,
+                                      "tooltip": "A video file in ComfyUI's input folder (mp4, mov, webm, mkv, avi, gif...); upload one with the button."}),
+            "max_frames": _int(0, 0, 1_000_000, "Keep at most this many frames (0 = all)."),
+            "skip_first": _int(0, 0, 1_000_000, "Skip this many frames at the start."),
+            "every_nth": _int(1, 1, 1000, "Keep every n-th frame (1 = all): fewer frames, less memory and time."),
+            "max_side": _int(0, 0, 8192, "Downscale so the longer side is at most this many pixels (0 = keep the size).", 8),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, video, **kwargs):
+        try:
+            return file_fingerprint(resolve_video(video))
+        except (OSError, InputError):
+            return f"missing:{video}"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, video):
+        try:
+            path = resolve_video(video)
+        except InputError as e:
+            return str(e)
+        if not path.is_file():
+            return f"video file not found: {video} (looked for {path})"
+        return True
+
+    def load(self, video, max_frames=0, skip_first=0, every_nth=1, max_side=0):
+        from ..comfyui_cyclevos.video_io import open_frames
+
+        source = open_frames(resolve_video(video), max_frames=max_frames or None, skip_first=skip_first,
+                             every_nth=every_nth, max_side=max_side or None)
+        progress = _Progress(len(source))
+
+        def on_frame(done: int) -> None:
+            progress.check()
+            progress.update(done)
+
+        out = torch.from_numpy(source.read_all(on_frame))  # (B, H, W, 3) float32 in 0..1
+        fps = float(source.fps or DEFAULT_FPS) / every_nth
+        return (out, fps, int(out.shape[0]))
+
+
