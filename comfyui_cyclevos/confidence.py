@@ -70,16 +70,19 @@ PLOT_COLOURS = [(228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (2
 
 def plot_scores(scores: dict[int, dict[int, float]], suggested: list[int], frames: int, size: tuple[int, int] = (240, 640)) -> np.ndarray:
     """(H, W, 3) uint8: each object's score (0 bottom, 1 top) over the frames, suggested frames as grey
-    bars; grid lines at 0.25, 0.5, 0.75. Drawn with numpy only (no plotting dependency)."""
+    bars, grid lines at 0.25, 0.5, 0.75, score and frame labels, a legend of object ids. Drawn with numpy
+    and PIL only (no plotting dependency)."""
+    from PIL import Image, ImageDraw
+
     H, W = size
-    pad = 8
+    left, right, top, bottom = 30, 8, 8, 18
     img = np.full((H, W, 3), 255, np.uint8)
-    x_of = lambda t: pad + int(round(t / max(1, frames - 1) * (W - 2 * pad - 1)))
-    y_of = lambda s: pad + int(round((1 - float(s)) * (H - 2 * pad - 1)))
+    x_of = lambda t: left + int(round(t / max(1, frames - 1) * (W - left - right - 1)))
+    y_of = lambda s: top + int(round((1 - float(s)) * (H - top - bottom - 1)))
     for t in suggested:
-        img[pad : H - pad, max(0, x_of(t) - 2) : x_of(t) + 3] = (200, 200, 200)
+        img[top : H - bottom, max(0, x_of(t) - 2) : x_of(t) + 3] = (200, 200, 200)
     for s in (0.0, 0.25, 0.5, 0.75, 1.0):
-        img[y_of(s), pad : W - pad] = (120, 120, 120) if s in (0.0, 1.0) else (225, 225, 225)
+        img[y_of(s), left : W - right] = (120, 120, 120) if s in (0.0, 1.0) else (225, 225, 225)
     objects = sorted({o for s in scores.values() for o in s})
     for k, obj in enumerate(objects):
         colour = PLOT_COLOURS[k % len(PLOT_COLOURS)]
@@ -92,4 +95,13 @@ def plot_scores(scores: dict[int, dict[int, float]], suggested: list[int], frame
                 img[np.clip(ys + dy, 0, H - 1), xs] = colour
         for x, y in pts:
             img[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = colour
-    return img
+    pil = Image.fromarray(img)
+    d = ImageDraw.Draw(pil)
+    grey = (90, 90, 90)
+    for s in (0.0, 0.5, 1.0):
+        d.text((2, y_of(s) - 5), f"{s:.1f}", fill=grey)
+    for t in sorted({0, frames - 1, *suggested}):
+        d.text((x_of(t) - 3 * len(str(t)), H - bottom + 4), str(t), fill=grey)
+    for k, obj in enumerate(objects[:8]):
+        d.text((W - right - 40 * (min(len(objects), 8) - k), 2), f"id {obj}", fill=PLOT_COLOURS[k % len(PLOT_COLOURS)])
+    return np.array(pil)

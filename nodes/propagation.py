@@ -42,7 +42,7 @@ class CycleVOSPropagate:
         return {"required": {
             "model": _MODEL_IN,
             "frames": _FRAMES_IN,
-            "objects": ("CYCLEVOS_OBJECTS", {"tooltip": "The objects on one frame, from CycleVOS First Frame Mask."}),
+            "objects": ("CYCLEVOS_OBJECTS", {"tooltip": "The objects drawn on one or more frames, from CycleVOS First Frame Mask (and Keyframe nodes after it)."}),
             "mem_every": _int(5, 1, 1000, "Add every K-th frame to the memory (the paper's 5)."),
             "mem_capacity": _int(16, 1, 1000, "Most memory frames besides the drawn one (oldest dropped): bounds time and memory per frame."),
             "size": _SIZE_IN,

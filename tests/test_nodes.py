@@ -102,10 +102,10 @@ def test_the_pack_loads_like_comfyui_does(tmp_path) -> None:
     """A copy under another folder name with dots (ComfyUI maps '.' to '_x_'), relative imports only."""
     assert set(PACK.NODE_CLASS_MAPPINGS) == set(PACK.NODE_DISPLAY_NAME_MAPPINGS)
     assert len(PACK.NODE_CLASS_MAPPINGS) == 12
-    assert not hasattr(PACK, "WEB_DIRECTORY")
+    assert PACK.WEB_DIRECTORY == "./web"
     folder = tmp_path / "custom_nodes" / "comfyui-cyclevos.v1"
     folder.mkdir(parents=True)
-    for name in ("__init__.py", "nodes", "comfyui_cyclevos"):
+    for name in ("__init__.py", "nodes", "comfyui_cyclevos", "web"):
         (folder / name).symlink_to(ROOT / name)
     pack = _load_pack(folder)
     assert pack.__name__.endswith("comfyui-cyclevos_x_v1") and str(folder) not in sys.path
@@ -563,3 +563,17 @@ def test_refine_edges_grows_and_feathers(model, frames, objects) -> None:
     assert grown.object_ids == masks.object_ids and grown.scores == masks.scores
     assert (grown.ids[0] > 0).sum() > (masks.ids[0] > 0).sum()  # the drawn frame's objects grew
     assert ((soft > 0.05) & (soft < 0.95)).any()  # soft edges
+
+
+@pytest.mark.parametrize("key", sorted(M))
+def test_every_node_has_a_help_page(key) -> None:
+    """web/docs/<NodeKey>.md (the frontend's node help), naming every input and output, its picture present."""
+    import re
+
+    page = ROOT / "web" / "docs" / f"{key}.md"
+    text = page.read_text()
+    spec = M[key].INPUT_TYPES()
+    for name in [*spec.get("required", {}), *spec.get("optional", {}), *M[key].RETURN_NAMES]:
+        assert f"| {name}" in text, f"{page.name} lacks {name}"
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert pictures and all((page.parent / p).is_file() for p in pictures)
