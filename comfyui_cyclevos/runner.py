@@ -91,13 +91,18 @@ def segment_frames(
     precision: Precision | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> SegmentedFrames:
-    """Segment frames held in memory ((B, H, W, 3) float tensor in 0..1 or uint8 array) from the ids drawn
-    on ``keyframes`` (forward from the earliest, then backward; see ``propagate_both_ways``).
-    ``progress(done)`` is called after each frame and may raise to stop the run."""
-    out = torch.zeros(tuple(frames.shape[:3]), dtype=torch.uint8)
+    """Segment a video from the ids drawn on ``keyframes`` (forward from the earliest, then backward; see
+    ``propagate_both_ways``). ``frames``: a (B, H, W, 3) float tensor in 0..1 or uint8 array held in
+    memory, or a ``FrameSource`` streamed from its file (only the frames before the earliest keyframe are
+    kept, for the backward pass). ``progress(done)`` is called after each frame and may raise to stop."""
+    if isinstance(frames, FrameSource):
+        shape, items = (len(frames), *frames.size), ((i, f) for i, (_, f) in enumerate(frames))
+    else:
+        shape, items = tuple(frames.shape[:3]), enumerate(frames)
+    out = torch.zeros(shape, dtype=torch.uint8)
     scores: dict[int, dict[int, float]] = {}
     make_engine = lambda: InferenceCore(net, config, device, precision)
-    for done, (t, _, labels, frame_scores) in enumerate(propagate_both_ways(make_engine, enumerate(frames), keyframes), 1):
+    for done, (t, _, labels, frame_scores) in enumerate(propagate_both_ways(make_engine, items, keyframes), 1):
         out[t] = torch.from_numpy(labels)
         if frame_scores:
             scores[t] = frame_scores

@@ -9,6 +9,7 @@ Custom types:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,31 @@ def _frames(images: torch.Tensor, name: str = "frames") -> torch.Tensor:
     if images.shape[0] == 0:
         raise InputError(f"{name} is an empty batch: load at least one frame")
     return images[..., :3].float().cpu()
+
+
+def _video_frames(video):
+    """ComfyUI's VIDEO (``comfy_api.input.VideoInput``) as frames for the library: a file-backed video is
+    streamed from its source (``get_stream_source``: a path, or bytes written to a temporary file), so
+    the video is never decoded whole into a float IMAGE batch; a video built from components (CreateVideo)
+    already holds its IMAGE batch. Returns (frames, temporary file or None)."""
+    import io
+    import tempfile
+
+    from ..comfyui_cyclevos.video_io import open_frames
+
+    trim = getattr(video, "get_active_trim_window", None)
+    trimmed = trim is not None and tuple(trim()) not in ((0, 0), (0.0, 0.0))
+    if "FromFile" in type(video).__name__ and not trimmed and hasattr(video, "get_stream_source"):
+        src = video.get_stream_source()
+        if isinstance(src, (str, os.PathLike)):
+            return open_frames(src), None
+        if isinstance(src, io.BytesIO):
+            with tempfile.NamedTemporaryFile(suffix=".mp4", delete=False) as f:
+                f.write(src.getbuffer())
+            return open_frames(f.name), Path(f.name)
+    if hasattr(video, "get_components"):
+        return _frames(video.get_components().images, "video"), None
+    raise InputError(f"the video input is a {type(video).__name__}, not ComfyUI's VIDEO: connect LoadVideo or CreateVideo")
 
 
 def _mask_batch(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..comfyui_cyclevos.errors import InputError
 from .common import (CATEGORY, CycleVOSModel, ObjectMasks, _fit_to_frames, _frames, _FRAMES_IN, _int, _mask_batch,
-                     _MODEL_IN, _Progress, _resize_nearest, _SIZE_IN, _to_uint8)
+                     _MODEL_IN, _Progress, _resize_nearest, _SIZE_IN, _to_uint8, _video_frames)
 
 def _inference_config(model: CycleVOSModel, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate):
     from ..comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
@@ -41,7 +41,6 @@ class CycleVOSPropagate:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": _MODEL_IN,
-            "frames": _FRAMES_IN,
             "objects": ("CYCLEVOS_OBJECTS", {"tooltip": "The objects drawn on one or more frames, from CycleVOS First Frame Mask (and Keyframe nodes after it)."}),
             "mem_every": _int(5, 1, 1000, "Add every K-th frame to the memory (the paper's 5)."),
             "mem_capacity": _int(16, 1, 1000, "Most memory frames besides the drawn one (oldest dropped): bounds time and memory per frame."),
@@ -52,14 +51,33 @@ class CycleVOSPropagate:
             "gc_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10000.0, "step": 1.0,
                                   "tooltip": "Step size alpha (0 = the checkpoint's measured rate, else 150; the loss is a per-pixel mean, hence large)."}),
         }, "optional": {
+            "frames": ("IMAGE", {"tooltip": "The video's frames as an IMAGE batch (B, H, W, 3), e.g. from CycleVOS Load Video "
+                                 "or VHS Load Video. Connect this OR video."}),
+            "video": ("VIDEO", {"tooltip": "ComfyUI's VIDEO (core Load Video, Create Video): a video file is read frame by "
+                                "frame, never held whole as an IMAGE batch. Connect this OR frames."}),
             "confidence": ("BOOLEAN", {"default": True, "tooltip": "Score every K-th frame's mask by the cycle check (paper Eq. 2): "
                                        "read it with CycleVOS Confidence to see where tracking failed."}),
         }}
 
-    def propagate(self, model, frames, objects, mem_every=5, mem_capacity=16, size=240, gradient_correction=True,
-                  gc_every=5, gc_steps=10, gc_rate=0.0, confidence=None):
-        frames = _frames(frames)
-        B, H, W, _ = frames.shape
+    def propagate(self, model, frames=None, objects=None, mem_every=5, mem_capacity=16, size=240, gradient_correction=True,
+                  gc_every=5, gc_steps=10, gc_rate=0.0, video=None, confidence=None):  # frames second: positional calls of old
+        if (frames is None) == (video is None):
+            raise InputError("connect either frames (IMAGE) or video (VIDEO) to CycleVOS Propagate" + (", not both" if video is not None else ""))
+        temporary = None
+        try:
+            if video is not None:
+                frames, temporary = _video_frames(video)
+            else:
+                frames = _frames(frames)
+            return self._propagate(model, frames, objects, mem_every, mem_capacity, size, gradient_correction,
+                                   gc_every, gc_steps, gc_rate, confidence)
+        finally:
+            if temporary is not None:
+                temporary.unlink(missing_ok=True)
+
+    def _propagate(self, model, frames, objects, mem_every, mem_capacity, size, gradient_correction, gc_every, gc_steps,
+                   gc_rate, confidence):
+        B, (H, W) = len(frames), tuple(frames.shape[1:3]) if isinstance(frames, torch.Tensor) else frames.size
         keyframes = {}
         for t, drawn in sorted(objects.keyframes.items()):
             if not 0 <= t < B:

@@ -531,7 +531,7 @@ def test_confidence_node_reads_the_scores_of_propagate(model, frames, objects) -
     assert suggested == str(worst)
     lines = rows.splitlines()
     assert lines[0] == "frame,object,score" and len(lines) == 1 + 2 * 2
-    _, quiet = M["CycleVOSPropagate"]().propagate(model, frames, objects, 5, 16, 64, True, 2, 1, 0.0, False)
+    _, quiet = M["CycleVOSPropagate"]().propagate(model, frames, objects, 5, 16, 64, True, 2, 1, 0.0, confidence=False)
     assert quiet.scores == {}
     with pytest.raises(_errors().InputError, match="confidence"):
         M["CycleVOSConfidence"]().report(quiet, 1)
@@ -577,3 +577,41 @@ def test_every_node_has_a_help_page(key) -> None:
         assert f"| {name}" in text, f"{page.name} lacks {name}"
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert pictures and all((page.parent / p).is_file() for p in pictures)
+
+
+def test_propagate_takes_comfyui_s_video(model, frames, objects, tmp_path) -> None:
+    """VIDEO from a file is streamed from get_stream_source (a path or bytes); one built from components
+    uses its IMAGE batch. The masks match the IMAGE path on the same (decoded) frames."""
+    import io
+
+    path = tmp_path / "clip.mp4"
+    _write_video(path, n=6, h=H, w=W)
+
+    class VideoFromFile:  # comfy_api.input_impl.VideoFromFile's interface
+        def __init__(self, src):
+            self.src = src
+
+        def get_stream_source(self):
+            return self.src
+
+        def get_components(self):
+            raise AssertionError("a file-backed video must not be decoded whole")
+
+    class VideoFromComponents:
+        def __init__(self, images):
+            self.images = images
+
+        def get_components(self):
+            return types.SimpleNamespace(images=self.images, frame_rate=12)
+
+    video_io = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.video_io")
+    decoded = torch.from_numpy(video_io.open_frames(path).read_all())
+    node = M["CycleVOSPropagate"]()
+    args = (5, 16, 64, False, 5, 10, 0.0)
+    _, expected = node.propagate(model, decoded, objects, *args)
+    for video in (VideoFromFile(str(path)), VideoFromFile(io.BytesIO(path.read_bytes())), VideoFromComponents(decoded)):
+        mask, masks = node.propagate(model, None, objects, *args, video=video)
+        assert torch.equal(masks.ids, expected.ids), type(video).__name__
+        _is_mask(mask, decoded.shape[0])
+    with pytest.raises(_errors().InputError, match="either frames"):
+        node.propagate(model, decoded, objects, *args, video=VideoFromFile(str(path)))
