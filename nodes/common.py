@@ -170,6 +170,20 @@ class CycleVOSModel:
     precision: Precision  # resolved for the device
     path: str
     gc_rate: float  # the checkpoint's measured correction rate (alpha), else the paper's 150
+    patcher: object = None  # comfy.model_patcher.ModelPatcher inside ComfyUI: its model management moves the net
+
+    def ready(self) -> torch.nn.Module:
+        """The network on ``device``. Inside ComfyUI it is loaded through ``load_models_gpu``, so that the UI's
+        unload, ``POST /free`` and other models' demands offload it, and this brings it back."""
+        if self.patcher is not None:
+            import comfy.model_management as mm
+
+            mm.load_models_gpu([self.patcher], force_full_load=True)
+            with torch.inference_mode(False):  # moved inside ComfyUI's inference mode: make them ordinary again,
+                for t in (*self.net.parameters(), *self.net.buffers()):  # correction and cycle-ERF differentiate
+                    if t.is_inference():
+                        t.data = t.data.clone()
+        return self.net
 
     def __repr__(self) -> str:
         return f"CycleVOSModel({Path(self.path).name}, {self.device}, {self.precision.name})"

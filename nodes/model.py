@@ -3,21 +3,35 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
+import weakref
 from pathlib import Path
+
+import torch
 
 from ..comfyui_cyclevos.errors import InputError
 from .common import CATEGORY, CHECKPOINT_EXTENSIONS, CORE_ROOT, MODEL_FOLDER, PACK_ROOT, CycleVOSModel, _comfy_device, _folder_paths
 
 
-_MODEL_CACHE: OrderedDict[tuple, CycleVOSModel] = OrderedDict()
+# Networks loaded and still referenced (by ComfyUI's output cache or a running node) are found again here;
+# weak values, so that when ComfyUI drops its references (POST /free) the network is freed, not kept by us.
+_MODEL_CACHE: weakref.WeakValueDictionary[tuple, CycleVOSModel] = weakref.WeakValueDictionary()
 _MODEL_CACHE_LOCK = threading.Lock()
-MODEL_CACHE_SIZE = 2  # networks kept loaded (the most recently used)
 
 
 def clear_model_cache() -> None:
     with _MODEL_CACHE_LOCK:
         _MODEL_CACHE.clear()
+
+
+def _model_patcher(net, device: torch.device):
+    """A ``comfy.model_patcher.ModelPatcher`` for ``net`` inside ComfyUI (loads to ``device``, offloads to
+    ComfyUI's offload device), else None."""
+    try:
+        import comfy.model_management as mm
+        import comfy.model_patcher
+    except ImportError:
+        return None
+    return comfy.model_patcher.ModelPatcher(net, load_device=device, offload_device=mm.unet_offload_device())
 
 
 def _register_model_folder(fp) -> None:
@@ -98,18 +112,19 @@ def load_model(path: str | os.PathLike, device: str = "auto", precision: str = "
     with _MODEL_CACHE_LOCK:
         hit = _MODEL_CACHE.get(key)
         if hit is not None:
-            _MODEL_CACHE.move_to_end(key)
             return hit
-        for k in [k for k in _MODEL_CACHE if k[0] == key[0]]:  # the file changed: drop what was read before
-            del _MODEL_CACHE[k]
-        net = load_checkpoint(path, dev)
+        for k in [k for k in list(_MODEL_CACHE.keys()) if k[0] == key[0]]:  # the file changed: drop what was read before
+            _MODEL_CACHE.pop(k, None)
+        net = load_checkpoint(path, "cpu")
         for p in net.parameters():
             p.requires_grad_(False)  # correction differentiates w.r.t. the mask only
         gc_rate = float(checkpoint_meta(path).get("gc_rate", CorrectionConfig.alpha))
-        model = CycleVOSModel(net, dev, precision, str(path), gc_rate)
+        patcher = _model_patcher(net, dev)
+        if patcher is None:
+            with torch.inference_mode(False):  # ordinary tensors, as load_checkpoint makes them
+                net.to(dev)
+        model = CycleVOSModel(net, dev, precision, str(path), gc_rate, patcher)
         _MODEL_CACHE[key] = model
-        while len(_MODEL_CACHE) > MODEL_CACHE_SIZE:
-            _MODEL_CACHE.popitem(last=False)
         return model
 
 

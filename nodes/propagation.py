@@ -97,7 +97,7 @@ class CycleVOSPropagate:
             progress.check()
             progress.update(done)
 
-        result = segment_frames(model.net, frames, keyframes, config, model.device, model.precision, report)
+        result = segment_frames(model.ready(), frames, keyframes, config, model.device, model.precision, report)
         masks = ObjectMasks(result.ids, result.object_ids, result.scores)
         return ((masks.ids > 0).float(), masks)
 
@@ -187,7 +187,7 @@ class CycleVOSGradientCorrect:
             progress.check()
             progress.update(done * B // max(1, total))
 
-        out = correct_sequence(model.net, frames, masks, int(reference_frame), ref, int(steps),
+        out = correct_sequence(model.ready(), frames, masks, int(reference_frame), ref, int(steps),
                                float(rate) if rate > 0 else model.gc_rate, every=int(every), size=int(size),
                                device=model.device, progress=report, precision=model.precision)
         return (out.float().contiguous(),)
@@ -248,7 +248,7 @@ class CycleVOSCycleERF:
                 _fit_to_frames(tuple(r.shape), (H, W), "the reference mask")
                 r = F.interpolate(r[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
             outline = (r > 0.5).numpy()
-        result = compute_cycle_erf(model.net, frames[reference_frame], frames[target_frame], target.numpy(), int(size),
+        result = compute_cycle_erf(model.ready(), frames[reference_frame], frames[target_frame], target.numpy(), int(size),
                                    CycleERFConfig(M=int(steps), alpha=model.gc_rate), model.device, model.precision,
                                    scale=float(scale) or None)
         heat = heatmap_overlay(_to_uint8(frames[reference_frame]), result.map, outline, result.scale)

@@ -322,9 +322,12 @@ class _fake_comfy:
                 raise _Interrupted()
 
         mm.throw_exception_if_processing_interrupted = check
-        comfy.utils, comfy.model_management = utils, mm
-        self.saved = {k: sys.modules.get(k) for k in ("comfy", "comfy.utils", "comfy.model_management")}
-        sys.modules.update({"comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm})
+        patcher = types.ModuleType("comfy.model_patcher")
+        comfy.utils, comfy.model_management, comfy.model_patcher = utils, mm, patcher
+        self.mm, self.patcher_module = mm, patcher
+        names = ("comfy", "comfy.utils", "comfy.model_management", "comfy.model_patcher")
+        self.saved = {k: sys.modules.get(k) for k in names}
+        sys.modules.update(dict(zip(names, (comfy, utils, mm, patcher))))
         return self
 
     def __exit__(self, *exc):
@@ -615,3 +618,32 @@ def test_propagate_takes_comfyui_s_video(model, frames, objects, tmp_path) -> No
         _is_mask(mask, decoded.shape[0])
     with pytest.raises(_errors().InputError, match="either frames"):
         node.propagate(model, decoded, objects, *args, video=VideoFromFile(str(path)))
+
+
+def test_comfyui_manages_the_model(checkpoint, frames, objects) -> None:
+    """Inside ComfyUI the network gets a ModelPatcher and is loaded through load_models_gpu before each use;
+    ComfyUI moves it inside inference mode, and correction still differentiates through it."""
+    loads = []
+
+    class ModelPatcher:
+        def __init__(self, model, load_device, offload_device, size=0):
+            self.model, self.load_device, self.offload_device = model, load_device, offload_device
+
+    def load_models_gpu(patchers, force_full_load=False, **kw):
+        loads.append(patchers)
+        with torch.inference_mode():  # as ComfyUI moves weights: they become inference tensors
+            for p in patchers:
+                p.model.to(torch.float64).to(torch.float32)
+
+    NODE_MODEL.clear_model_cache()
+    with _fake_comfy() as fake:
+        fake.mm.load_models_gpu, fake.mm.unet_offload_device = load_models_gpu, lambda: torch.device("cpu")
+        fake.patcher_module.ModelPatcher = ModelPatcher
+        with torch.inference_mode():
+            (m,) = M["CycleVOSLoadModel"]().load(str(checkpoint), "cpu", "fp32")
+            assert isinstance(m.patcher, ModelPatcher) and m.patcher.model is m.net and loads == []
+            _, masks = M["CycleVOSPropagate"]().propagate(m, frames, objects, 5, 16, 64, True, 2, 2, 0.0)
+    assert len(loads) == 1 and loads[0] == [m.patcher]
+    assert not any(p.is_inference() for p in m.net.parameters())
+    assert masks.ids.shape == (B, H, W)
+    NODE_MODEL.clear_model_cache()
