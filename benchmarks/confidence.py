@@ -4,7 +4,9 @@
 
 For each reference mode: Spearman correlation between each (frame, object) score and that frame's true J
 (per sequence and pooled over all sequences), and the mean true J of the 10 % lowest-scored frames vs all.
-Needs the DAVIS-2016 dev sequences beside the repo (../shared/data).
+Then the cost of the default report: the share of the engine's time spent scoring (the correction
+schedule's frames, correction on) on each sequence. Needs the DAVIS-2016 dev sequences beside the repo
+(../shared/data).
 """
 from __future__ import annotations
 
@@ -90,6 +92,25 @@ def main() -> None:
         print(f"confidence {a.data.name} ({weights.name}, reference {mode}{', GC' if a.gc else ''}): pooled Spearman "
               f"{spearman(s, j):.3f} over {len(s)} frame-objects; true J of the 10% lowest-scored {low.mean():.3f} "
               f"vs all {j.mean():.3f}; per sequence: {', '.join(per_seq)} | {machine()}", flush=True)
+
+    spent = [0.0]
+    real = InferenceCore._score
+
+    def timed(self, *args, **kwargs):
+        t = time.perf_counter()
+        out = real(self, *args, **kwargs)
+        spent[0] += time.perf_counter() - t
+        return out
+
+    InferenceCore._score = timed
+    config = InferenceConfig(precision=a.precision, correction=CorrectionConfig(enabled=True, alpha=alpha),
+                             confidence=ConfidenceConfig(enabled=True))
+    total = 0.0
+    for n in names:
+        total += run(net, *data[n], config, device)[2]
+    InferenceCore._score = real
+    print(f"confidence cost ({weights.name}, correction on, default schedule): {100 * spent[0] / total:.1f} % of the "
+          f"engine's time scoring | {machine()}", flush=True)
 
 
 if __name__ == "__main__":
