@@ -105,6 +105,17 @@ def _frames(images: torch.Tensor, name: str = "frames") -> torch.Tensor:
     return images[..., :3].float().cpu()
 
 
+def _frame_mask(mask: torch.Tensor, index: int, frames: int, size: tuple[int, int], name: str) -> torch.Tensor:
+    """One frame's (H, W) float mask from a MASK input: a single mask, or a batch with one mask per frame
+    (frame ``index``'s is taken), resized to the frames' size when its aspect ratio fits."""
+    m = _mask_batch(mask, name)
+    m = m[index] if m.shape[0] == frames and frames > 1 else m[0]
+    if tuple(m.shape) != size:
+        _fit_to_frames(tuple(m.shape), size, f"the {name.replace('_', ' ')}")
+        m = F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    return m
+
+
 def _video_frames(video):
     """ComfyUI's VIDEO (``comfy_api.input.VideoInput``) as frames for the library: a file-backed video is
     streamed from its source (``get_stream_source``: a path, or bytes written to a temporary file), so

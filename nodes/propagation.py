@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from ..comfyui_cyclevos.errors import InputError
-from .common import (CATEGORY, CycleVOSModel, ObjectMasks, _fit_to_frames, _frames, _FRAMES_IN, _int, _mask_batch,
-                     _MODEL_IN, _Progress, _resize_nearest, _SIZE_IN, _to_uint8, _video_frames)
+from .common import (CATEGORY, CycleVOSModel, ObjectMasks, _fit_to_frames, _frame_mask, _frames, _FRAMES_IN, _int,
+                     _mask_batch, _MODEL_IN, _Progress, _resize_nearest, _SIZE_IN, _to_uint8, _video_frames)
 
 def _inference_config(model: CycleVOSModel, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate):
     from ..comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
@@ -174,13 +174,7 @@ class CycleVOSGradientCorrect:
         if tuple(masks.shape[-2:]) != (H, W):
             _fit_to_frames(tuple(masks.shape[-2:]), (H, W), "the masks")
             masks = F.interpolate(masks[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
-        ref = None
-        if reference_mask is not None:
-            ref = _mask_batch(reference_mask, "reference_mask")
-            ref = ref[reference_frame] if ref.shape[0] == B and B > 1 else ref[0]
-            if tuple(ref.shape) != (H, W):
-                _fit_to_frames(tuple(ref.shape), (H, W), "the reference mask")
-                ref = F.interpolate(ref[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+        ref = None if reference_mask is None else _frame_mask(reference_mask, reference_frame, B, (H, W), "reference_mask")
         progress = _Progress(B)
 
         def report(done, total):
@@ -231,23 +225,13 @@ class CycleVOSCycleERF:
         for name, i in (("target_frame", target_frame), ("reference_frame", reference_frame)):
             if not 0 <= i < B:
                 raise InputError(f"{name} {i} does not exist: there are {B} frames (0..{B - 1})")
-        m = _mask_batch(target_mask, "target_mask")
-        m = m[target_frame] if m.shape[0] == B and B > 1 else m[0]
-        if tuple(m.shape) != (H, W):
-            _fit_to_frames(tuple(m.shape), (H, W), "the target mask")
-            m = F.interpolate(m[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-        target = m > 0.5
+        target = _frame_mask(target_mask, target_frame, B, (H, W), "target_mask") > 0.5
         if not bool(target.any()):
             raise InputError(f"the target mask is empty on frame {target_frame}: the object must be visible there")
         _Progress(1).check()
         outline = None
         if reference_mask is not None:
-            r = _mask_batch(reference_mask, "reference_mask")
-            r = r[reference_frame] if r.shape[0] == B and B > 1 else r[0]
-            if tuple(r.shape) != (H, W):
-                _fit_to_frames(tuple(r.shape), (H, W), "the reference mask")
-                r = F.interpolate(r[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-            outline = (r > 0.5).numpy()
+            outline = (_frame_mask(reference_mask, reference_frame, B, (H, W), "reference_mask") > 0.5).numpy()
         result = compute_cycle_erf(model.ready(), frames[reference_frame], frames[target_frame], target.numpy(), int(size),
                                    CycleERFConfig(M=int(steps), alpha=model.gc_rate), model.device, model.precision,
                                    scale=float(scale) or None)
