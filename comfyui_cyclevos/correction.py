@@ -23,7 +23,6 @@ off locally and clones any inference tensor it receives.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import fields
 from typing import Callable
 
@@ -125,8 +124,8 @@ def gradient_correct(
 
     With ``return_losses`` also returns the reconstruction loss before each step and after the last.
     """
-    autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
-    with torch.inference_mode(False), torch.enable_grad(), autocast:
+    precision = precision or Precision(frame.device)
+    with torch.inference_mode(False), torch.enable_grad(), precision.autocast():
         masks, frame, features = plain(masks).detach().float(), plain(frame), plain(features)
         ref_frame, ref_features, ref_masks = plain(ref_frame), plain(ref_features), plain(ref_masks)
         affinity = fixed_affinity(net, features, ref_features)

@@ -9,7 +9,6 @@ gradient correction.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +40,8 @@ def cycle_erf_map(
     """ref_x, target_x (1, 3, Hp, Wp); target_mask (1, 1, Hp, Wp) -> the unnormalised cycle-ERF (Hp, Wp),
     ReLU'd and smoothed. Runs under ``precision``'s autocast, as gradient correction; the mask being
     descended stays float32."""
-    autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
-    with torch.inference_mode(False), torch.enable_grad(), autocast:
+    precision = precision or Precision(ref_x.device)
+    with torch.inference_mode(False), torch.enable_grad(), precision.autocast():
         ref_x, target_x, target_mask = plain(ref_x), plain(target_x), plain(target_mask)
         with torch.no_grad():
             ref_f, target_f = net.encode_frame(ref_x), net.encode_frame(target_x)

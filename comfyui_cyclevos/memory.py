@@ -44,9 +44,9 @@ class MemoryBank:
         return len(self.entries) + (self.temp is not None)
 
     @staticmethod
-    def read_bytes(slots: int, hw: int, groups: int = 1) -> int:
-        """Working memory of one read: float32 logits and weights, (slots*hw) x hw each, per group."""
-        return 2 * 4 * slots * hw * hw * groups
+    def read_bytes(slots: int, hw: int) -> int:
+        """Working memory of one read: float32 logits and weights, (slots*hw) x hw each."""
+        return 2 * 4 * slots * hw * hw
 
     def all_entries(self) -> list[MemoryEntry]:
         return self.entries + ([self.temp] if self.temp is not None else [])

@@ -262,6 +262,12 @@ class CycleVOSNet(nn.Module):
         return key.flatten(-2), value.flatten(-2)
 
     @staticmethod
+    def affinity_logits(mem_keys: torch.Tensor, query_key: torch.Tensor) -> torch.Tensor:
+        """k_m^T k_q / sqrt(Ck) in float32: mem_keys (B, Ok, Ck, N), query_key (B, Ck, h, w) -> (B, Ok, N, h*w)."""
+        kq = query_key.float().flatten(2)[:, None]  # (B, 1, Ck, hw)
+        return torch.matmul(mem_keys.float().transpose(-1, -2), kq) / math.sqrt(mem_keys.shape[2])
+
+    @staticmethod
     def affinity(mem_keys: torch.Tensor, query_key: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Memory read weights (STM): softmax over the N memory positions of k_m^T k_q / sqrt(Ck).
 
@@ -269,10 +275,8 @@ class CycleVOSNet(nn.Module):
         in float32 under any autocast: a softmax over thousands of positions shifts visibly when its logits
         are rounded to 8 bits of mantissa. ``valid`` (B, Ok, N) bool leaves out positions that hold no value
         (a memory frame from before an object was added); a row with no valid position gets zero weights."""
-        B, Ok, Ck, N = mem_keys.shape
         with torch.autocast(mem_keys.device.type, enabled=False):
-            kq = query_key.float().flatten(2)[:, None]  # (B, 1, Ck, hw)
-            logits = torch.matmul(mem_keys.float().transpose(-1, -2), kq) / math.sqrt(Ck)  # (B, Ok, N, hw)
+            logits = CycleVOSNet.affinity_logits(mem_keys, query_key)  # (B, Ok, N, hw)
             if valid is not None:
                 logits = logits.masked_fill(~valid[..., None], float("-inf"))
             p = torch.softmax(logits, dim=2)
@@ -301,8 +305,7 @@ class CycleVOSNet(nn.Module):
             return self.read(self.affinity(keys, query_key, valid), values)
         B, O, Cv, N = values.shape
         with torch.autocast(keys.device.type, enabled=False):
-            kq = query_key.float().flatten(2)  # (B, Ck, hw)
-            logits = torch.matmul(keys[:, 0].float().transpose(-1, -2), kq) / math.sqrt(keys.shape[2])  # (B, N, hw)
+            logits = self.affinity_logits(keys, query_key)[:, 0]  # (B, N, hw)
             e = torch.exp(logits - logits.amax(dim=1, keepdim=True))
             norm = torch.matmul(valid.float(), e)  # (B, O, hw): each object's softmax denominator
             held = (values * valid[:, :, None]).reshape(B, O * Cv, N)  # positions an object does not hold add 0

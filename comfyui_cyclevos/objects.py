@@ -77,9 +77,6 @@ class ObjectManager:
         for i in ids:
             self._reference_of[i] = ref
 
-    def has_reference(self, object_id: int) -> bool:
-        return object_id in self._reference_of
-
     def reference_groups(self) -> list[ReferenceGroup]:
         """The followed objects grouped by reference frame (one correction per group), oldest first."""
         groups: dict[int, tuple[Reference, list[int], list[torch.Tensor]]] = {}
