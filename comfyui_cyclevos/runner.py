@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -89,12 +89,13 @@ def segment_frames(
     config: InferenceConfig | None = None,
     device: torch.device | None = None,
     precision: Precision | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int, Any, np.ndarray], None] | None = None,
 ) -> SegmentedFrames:
     """Segment a video from the ids drawn on ``keyframes`` (forward from the earliest, then backward; see
     ``propagate_both_ways``). ``frames``: a (B, H, W, 3) float tensor in 0..1 or uint8 array held in
     memory, or a ``FrameSource`` streamed from its file (only the frames before the earliest keyframe are
-    kept, for the backward pass). ``progress(done)`` is called after each frame and may raise to stop."""
+    kept, for the backward pass). ``progress(done, t, frame, ids)`` is called after each frame with the
+    count done, the frame's index, the frame as given and its (H, W) ids (e.g. for a preview); it may raise to stop."""
     if isinstance(frames, FrameSource):
         shape, items = (len(frames), *frames.size), ((i, f) for i, (_, f) in enumerate(frames))
     else:
@@ -102,12 +103,12 @@ def segment_frames(
     out = torch.zeros(shape, dtype=torch.uint8)
     scores: dict[int, dict[int, float]] = {}
     make_engine = lambda: InferenceCore(net, config, device, precision)
-    for done, (t, _, labels, frame_scores) in enumerate(propagate_both_ways(make_engine, items, keyframes), 1):
+    for done, (t, frame, labels, frame_scores) in enumerate(propagate_both_ways(make_engine, items, keyframes), 1):
         out[t] = torch.from_numpy(labels)
         if frame_scores:
             scores[t] = frame_scores
         if progress is not None:
-            progress(done)
+            progress(done, t, frame, labels)
     object_ids = sorted({int(i) for ids in keyframes.values() for i in np.unique(ids) if i != 0})
     return SegmentedFrames(out, object_ids, scores)
 

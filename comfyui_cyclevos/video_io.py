@@ -62,7 +62,7 @@ def _natural_key(name: str) -> tuple[Any, ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts) + (name,)
 
 
-def _fit_size(hw: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+def fit_size(hw: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     """(H, W) scaled so the longer side is at most max_side, keeping the aspect ratio."""
     h, w = hw
     if not max_side or max(h, w) <= max_side:
@@ -187,7 +187,7 @@ class FolderFrames(FrameSource):
             raise self._no_frames(len(files))
         raw = self._check_sizes()
         self.raw_size = raw
-        self.size = _fit_size(raw, self.max_side)
+        self.size = fit_size(raw, self.max_side)
         self.fps = None
 
     def _check_sizes(self) -> tuple[int, int]:
@@ -244,7 +244,7 @@ class VideoFrames(FrameSource):
             raise InputError(f"video {path} has no frames; give a video with at least one frame")
         w, h = meta["size"]
         self.raw_size = (int(h), int(w))
-        self.size = _fit_size(self.raw_size, self.max_side)
+        self.size = fit_size(self.raw_size, self.max_side)
         self.fps = float(meta["fps"]) if meta.get("fps") else None
         self.total: int | None = None  # counted on first len(), or learnt from a full pass
 

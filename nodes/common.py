@@ -68,9 +68,11 @@ class _Progress:
         if self._interrupted is not None:
             self._interrupted()
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, picture=None) -> None:
+        """``picture``: a PIL image the progress bar shows (ComfyUI's ("JPEG", image, max size) preview)."""
         if self.bar is not None:
-            self.bar.update_absolute(min(int(done), self.total), self.total)
+            self.bar.update_absolute(min(int(done), self.total), self.total,
+                                     None if picture is None else ("JPEG", picture, 512))
 
 
 def _comfy_device() -> torch.device | None:
@@ -90,6 +92,20 @@ def _input_dir() -> Path:
 def _output_dir() -> Path:
     fp = _folder_paths()
     return Path(fp.get_output_directory()) if fp is not None else Path.cwd() / "output"
+
+
+def _show_preview(preview, fps: float) -> dict | None:
+    """Writes ``preview`` (an ``OverlayPreview``) to ComfyUI's temp folder as an animated WEBP and returns
+    the node's ``ui`` entry that shows it; None outside ComfyUI."""
+    fp = _folder_paths()
+    if fp is None or not preview.thumbnails:
+        return None
+    first = next(iter(preview.thumbnails.values()))
+    folder, name, counter, subfolder, _ = fp.get_save_image_path("cyclevos_preview", fp.get_temp_directory(), *first.size)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    filename = f"{name}_{counter:05}_.webp"
+    preview.save_webp(Path(folder) / filename, fps)
+    return {"images": [{"filename": filename, "subfolder": subfolder, "type": "temp"}], "animated": (True,)}
 
 
 # ----------------------------------------------------------------------------- tensors

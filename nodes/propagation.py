@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from ..comfyui_cyclevos.errors import InputError
-from .common import (CATEGORY, CycleVOSModel, ObjectMasks, _fit_to_frames, _frame_mask, _frames, _FRAMES_IN, _int,
-                     _mask_batch, _MODEL_IN, _Progress, _resize_nearest, _SIZE_IN, _to_uint8, _video_frames)
+from .common import (CATEGORY, DEFAULT_FPS, CycleVOSModel, ObjectMasks, _fit_to_frames, _folder_paths, _frame_mask, _frames,
+                     _FRAMES_IN, _int, _mask_batch, _MODEL_IN, _Progress, _resize_nearest, _show_preview, _SIZE_IN, _to_uint8,
+                     _video_frames)
 
 def _inference_config(model: CycleVOSModel, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate):
     from ..comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
@@ -57,10 +58,12 @@ class CycleVOSPropagate:
                                 "frame, never held whole as an IMAGE batch. Connect this OR frames."}),
             "confidence": ("BOOLEAN", {"default": True, "tooltip": "Score every K-th frame's mask by the cycle check (paper Eq. 2): "
                                        "read it with CycleVOS Confidence to see where tracking failed."}),
+            "preview": ("BOOLEAN", {"default": True, "tooltip": "Show the result in the node as a small animated overlay, "
+                                    "and the latest frame on the progress bar while it runs."}),
         }}
 
     def propagate(self, model, frames=None, objects=None, mem_every=5, mem_capacity=16, size=240, gradient_correction=True,
-                  gc_every=5, gc_steps=10, gc_rate=0.0, video=None, confidence=None):  # frames second: positional calls of old
+                  gc_every=5, gc_steps=10, gc_rate=0.0, video=None, confidence=None, preview=True):  # frames second: positional calls of old
         if (frames is None) == (video is None):
             raise InputError("connect either frames (IMAGE) or video (VIDEO) to CycleVOS Propagate" + (", not both" if video is not None else ""))
         temporary = None
@@ -70,13 +73,13 @@ class CycleVOSPropagate:
             else:
                 frames = _frames(frames)
             return self._propagate(model, frames, objects, mem_every, mem_capacity, size, gradient_correction,
-                                   gc_every, gc_steps, gc_rate, confidence)
+                                   gc_every, gc_steps, gc_rate, confidence, preview)
         finally:
             if temporary is not None:
                 temporary.unlink(missing_ok=True)
 
     def _propagate(self, model, frames, objects, mem_every, mem_capacity, size, gradient_correction, gc_every, gc_steps,
-                   gc_rate, confidence):
+                   gc_rate, confidence, preview):
         B, (H, W) = len(frames), tuple(frames.shape[1:3]) if isinstance(frames, torch.Tensor) else frames.size
         keyframes = {}
         for t, drawn in sorted(objects.keyframes.items()):
@@ -89,17 +92,22 @@ class CycleVOSPropagate:
             keyframes[t] = ids.numpy()
         config = _inference_config(model, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate)
         config = replace(config, confidence=replace(config.confidence, enabled=confidence is None or bool(confidence)))  # on unless turned off
+        from ..comfyui_cyclevos.preview import OverlayPreview
         from ..comfyui_cyclevos.runner import segment_frames
 
         progress = _Progress(B)
+        thumbnails = OverlayPreview(B) if preview and _folder_paths() is not None else None
 
-        def report(done):
+        def report(done, t, frame, ids):
             progress.check()
-            progress.update(done)
+            shown = thumbnails is not None and thumbnails.add(t, frame, ids)
+            progress.update(done, thumbnails.latest if shown else None)
 
         result = segment_frames(model.ready(), frames, keyframes, config, model.device, model.precision, report)
         masks = ObjectMasks(result.ids, result.object_ids, result.scores)
-        return ((masks.ids > 0).float(), masks)
+        outputs = ((masks.ids > 0).float(), masks)
+        ui = None if thumbnails is None else _show_preview(thumbnails, getattr(frames, "fps", None) or DEFAULT_FPS)
+        return outputs if ui is None else {"ui": ui, "result": outputs}
 
 
 class CycleVOSConfidence:

@@ -273,7 +273,7 @@ def test_propagate_from_a_later_frame_goes_both_ways(model, frames) -> None:
         def __init__(self, total):
             calls.append(("total", total))
 
-        def update_absolute(self, value, total=None):
+        def update_absolute(self, value, total=None, preview=None):
             calls.append(value)
 
     with _fake_comfy(Bar):
@@ -300,6 +300,49 @@ def test_propagate_resizes_a_mask_drawn_at_another_resolution(model, frames) -> 
     _is_mask(mask, 2)
 
 
+def _fake_folder_paths(monkeypatch, root: Path) -> None:
+    """ComfyUI's folder_paths, with its temp and output folders under ``root``."""
+    fp = types.ModuleType("folder_paths")
+    fp.get_temp_directory = lambda: str(root / "temp")
+    fp.get_output_directory = lambda: str(root / "output")
+    fp.get_save_image_path = lambda prefix, folder, w=0, h=0: (str(Path(folder) / "sub"), prefix, 7, "sub", prefix)
+    monkeypatch.setitem(sys.modules, "folder_paths", fp)
+
+
+def test_propagate_shows_an_animated_overlay_in_the_node_and_on_the_progress_bar(model, frames, objects, tmp_path, monkeypatch) -> None:
+    from PIL import Image, ImageSequence
+
+    previews = []
+
+    class Bar:
+        def __init__(self, total):
+            pass
+
+        def update_absolute(self, value, total=None, preview=None):
+            previews.append(preview)
+
+    args = (model, frames, objects, 5, 16, 64, False, 5, 10, 0.0)
+    plain = M["CycleVOSPropagate"]().propagate(*args)  # outside ComfyUI: the outputs alone
+    _fake_folder_paths(monkeypatch, tmp_path)
+    with _fake_comfy(Bar):
+        out = M["CycleVOSPropagate"]().propagate(*args)
+        assert isinstance(M["CycleVOSPropagate"]().propagate(*args, preview=False), tuple)
+    assert torch.equal(out["result"][1].ids, plain[1].ids)
+    (shown,) = out["ui"]["images"]
+    assert out["ui"]["animated"] == (True,) and shown["type"] == "temp"
+    picture = Image.open(tmp_path / "temp" / shown["subfolder"] / shown["filename"])
+    pictures = [np.asarray(p.convert("RGB"), np.float32) for p in ImageSequence.Iterator(picture)]
+    assert len(pictures) == B and pictures[0].shape == (H, W, 3)
+    video_io = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.video_io")
+    for t in (0, B - 1):  # each picture is its frame with its objects drawn, in video order
+        frame = (frames[t] * 255 + 0.5).to(torch.uint8).numpy()
+        drawn = video_io.overlay(frame, plain[1].ids[t].numpy()).astype(np.float32)
+        assert np.abs(pictures[t] - drawn).mean() < 0.3 * np.abs(frame - drawn).mean()
+    assert len(previews) == 2 * B  # two runs in ComfyUI: with a picture of every frame while it ran, then preview off
+    assert all(kind == "JPEG" and image.size == (W, H) for kind, image, _ in previews[:B])
+    assert previews[B:] == [None] * B
+
+
 class _Interrupted(Exception):
     pass
 
@@ -314,7 +357,7 @@ class _fake_comfy:
         comfy = types.ModuleType("comfy")
         utils = types.ModuleType("comfy.utils")
         mm = types.ModuleType("comfy.model_management")
-        utils.ProgressBar = self.bar or (lambda total: types.SimpleNamespace(update_absolute=lambda v, t=None: None))
+        utils.ProgressBar = self.bar or (lambda total: types.SimpleNamespace(update_absolute=lambda v, t=None, preview=None: None))
 
         def check():
             self.checks += 1
