@@ -63,7 +63,7 @@ class CycleVOSPropagate:
         }}
 
     def propagate(self, model, frames=None, objects=None, mem_every=5, mem_capacity=16, size=240, gradient_correction=True,
-                  gc_every=5, gc_steps=10, gc_rate=0.0, video=None, confidence=None, preview=True):  # frames second: positional calls of old
+                  gc_every=5, gc_steps=10, gc_rate=0.0, video=None, confidence=None, preview=None):  # frames second: positional calls of old
         if (frames is None) == (video is None):
             raise InputError("connect either frames (IMAGE) or video (VIDEO) to CycleVOS Propagate" + (", not both" if video is not None else ""))
         temporary = None
@@ -96,7 +96,7 @@ class CycleVOSPropagate:
         from ..comfyui_cyclevos.runner import segment_frames
 
         progress = _Progress(B)
-        thumbnails = OverlayPreview(B) if preview and _folder_paths() is not None else None
+        thumbnails = OverlayPreview(B) if (preview is None or preview) and _folder_paths() is not None else None  # on unless turned off
 
         def report(done, t, frame, ids):
             progress.check()
