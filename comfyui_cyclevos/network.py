@@ -214,8 +214,23 @@ class CycleVOSNet(nn.Module):
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
+    batchnorm_folded = False
+
+    def fold_batchnorm(self) -> "CycleVOSNet":
+        """For inference: fold the encoder's batch norms into its convolutions where the backbone can
+        (Lite0; the ResNets keep theirs). The outputs are the same up to rounding; the network can no
+        longer be trained."""
+        if hasattr(self.encoder, "fold_batchnorm"):
+            with torch.inference_mode(False):
+                self.encoder.fold_batchnorm()
+            self.batchnorm_folded = True
+        return self.eval()
+
     def train(self, mode: bool = True) -> "CycleVOSNet":
         """Batch-norm statistics of the pretrained encoders stay frozen: training batches are tiny."""
+        if mode and self.batchnorm_folded:
+            raise RuntimeError("this network was loaded for inference (batch norm folded): load it with "
+                               "load_checkpoint(path, fold_batchnorm=False) to train it")
         super().train(mode)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):

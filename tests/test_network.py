@@ -1,4 +1,5 @@
 import torch
+import pytest
 
 from comfyui_cyclevos.config import ModelConfig
 from comfyui_cyclevos.network import CycleVOSNet, soft_aggregate
@@ -101,3 +102,32 @@ def test_mask_loss_is_eq4():
 def test_config_round_trip():
     cfg = ModelConfig(key_dim=32)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_folded_batchnorm_gives_the_same_network_and_refuses_training(tmp_path):
+    """Inference folds the encoder's batch norms into its convolutions: same features and masks (up to
+    rounding) for any statistics, and a folded network is neither trained nor saved."""
+    from comfyui_cyclevos.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(1)
+    net = CycleVOSNet()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics far from identity, as trained ones are
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.01, 3)
+            m.weight.data.uniform_(0.5, 2)
+            m.bias.data.uniform_(-1, 1)
+    save_checkpoint(tmp_path / "n.pt", net)
+    plain = load_checkpoint(tmp_path / "n.pt", fold_batchnorm=False)
+    folded = load_checkpoint(tmp_path / "n.pt")
+    assert folded.batchnorm_folded and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.encoder.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.encoder.modules())
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(plain.encoder(x), folded.encoder(x)):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max())), float((a - b).abs().max())
+    with pytest.raises(RuntimeError, match="fold_batchnorm=False"):
+        folded.train()
+    with pytest.raises(ValueError, match="fold_batchnorm=False"):
+        save_checkpoint(tmp_path / "again.pt", folded)
+    plain.train()  # the unfolded one trains as before

@@ -15,6 +15,19 @@ _STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3
 _BN = dict(eps=1e-3, momentum=0.01)  # the TensorFlow values the weights were trained with
 
 
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution followed by eval-mode batch norm, as one convolution: batch norm is then the
+    per-channel affine map y = (x - mean) * gamma / sqrt(var + eps) + beta."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                      conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
 class _MBConv(nn.Module):
     """Inverted residual block without squeeze-excitation (Lite variant)."""
 
@@ -30,6 +43,12 @@ class _MBConv(nn.Module):
         self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(cout, **_BN)
         self.residual = stride == 1 and cin == cout
+
+    def fold_batchnorm(self) -> None:
+        if self.has_expand:
+            self._expand_conv, self._bn0 = _fold(self._expand_conv, self._bn0), nn.Identity()
+        self._depthwise_conv, self._bn1 = _fold(self._depthwise_conv, self._bn1), nn.Identity()
+        self._project_conv, self._bn2 = _fold(self._project_conv, self._bn2), nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x
@@ -65,6 +84,13 @@ class EfficientNetLite0(nn.Module):
             if i in self._taps:
                 out[self._taps[i]] = x
         return out[0], out[1], out[2]  # (B,24,H/4,W/4), (B,40,H/8,W/8), (B,112,H/16,W/16)
+
+    def fold_batchnorm(self) -> None:
+        """For inference only: every batch norm folded into the convolution before it (the encoder runs
+        about a fifth faster on a CPU with bf16); the batch norms become identities."""
+        self._conv_stem, self._bn0 = _fold(self._conv_stem, self._bn0), nn.Identity()
+        for block in self._blocks:
+            block.fold_batchnorm()
 
     def early_modules(self) -> list[nn.Module]:
         """The layers at 1/2 and 1/4 (stem and stages 1-2): generic edges and textures that training may
