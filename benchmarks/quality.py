@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py [--weights PATH] [--data ../shared/data/davis2016/dev-480p] [--gc-rate A]
     python benchmarks/quality.py --sweep 150,1500,5000    # J&F with correction for each rate alpha
+    python benchmarks/quality.py --sweep 150,300 --sweep-steps 3,5,10   # ... for each steps N and rate
     python benchmarks/quality.py --soft-memory            # memorise probabilities, as STM does
     python benchmarks/quality.py --precision fp32,bf16    # a line per precision (auto: the engine's choice)
     python benchmarks/quality.py --size 240,360,480       # a line per processing size
@@ -39,9 +40,10 @@ def score(net, data: Path, cfg: InferenceConfig, device) -> tuple[float, float, 
     return ev.j_mean, ev.f_mean, ev.jf_mean, stats.fps
 
 
-def gc_config(enabled: bool, alpha: float, hard_memory: bool = True, precision: str = "auto", size: int = 240) -> InferenceConfig:
+def gc_config(enabled: bool, alpha: float, hard_memory: bool = True, precision: str = "auto", size: int = 240,
+              steps: int = CorrectionConfig.N) -> InferenceConfig:
     return InferenceConfig(size=size, precision=precision, memory=MemoryConfig(hard=hard_memory),
-                           correction=CorrectionConfig(enabled=enabled, alpha=alpha))
+                           correction=CorrectionConfig(enabled=enabled, alpha=alpha, N=steps))
 
 
 def main() -> None:
@@ -51,6 +53,7 @@ def main() -> None:
     ap.add_argument("--gc-rate", type=float, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--sweep", default=None, help="comma-separated correction rates to compare")
+    ap.add_argument("--sweep-steps", default=str(CorrectionConfig.N), help="with --sweep: comma-separated steps N")
     ap.add_argument("--soft-memory", action="store_true", help="memorise probabilities, not label maps (MemoryConfig.hard=False)")
     ap.add_argument("--precision", default="auto", help="comma-separated precisions (auto, fp32, bf16, fp16): a line each")
     ap.add_argument("--size", default="240", help="comma-separated processing sizes: a line each")
@@ -59,9 +62,11 @@ def main() -> None:
     weights = a.weights or default_weights_path()
     net = load_checkpoint(weights, device)
     if a.sweep:
-        for alpha in (float(x) for x in a.sweep.split(",")):
-            j, f, jf, fps = score(net, a.data, gc_config(True, alpha, not a.soft_memory), device)
-            print(f"quality {a.data.name} with GC alpha {alpha:g}{' soft memory' if a.soft_memory else ''}: J {j:.3f} F {f:.3f} J&F {jf:.3f} ({fps:.1f} fps)", flush=True)
+        for steps in (int(x) for x in a.sweep_steps.split(",")):
+            for alpha in (float(x) for x in a.sweep.split(",")):
+                j, f, jf, fps = score(net, a.data, gc_config(True, alpha, not a.soft_memory, steps=steps), device)
+                print(f"quality {a.data.name} with GC N {steps} alpha {alpha:g}{' soft memory' if a.soft_memory else ''}: "
+                      f"J {j:.3f} F {f:.3f} J&F {jf:.3f} ({fps:.1f} fps)", flush=True)
         return
     alpha = a.gc_rate if a.gc_rate is not None else float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.alpha))
     for precision in a.precision.split(","):
