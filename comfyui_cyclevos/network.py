@@ -195,6 +195,8 @@ class CycleVOSNet(nn.Module):
     """Stateless STM-cycle network: ``memorize`` and ``segment`` are all the engine, the training loop,
     gradient correction and cycle-ERF need."""
 
+    batchnorm_folded = False  # set by fold_batchnorm (inference only)
+
     def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
         self.config = config
@@ -213,8 +215,6 @@ class CycleVOSNet(nn.Module):
         self.decoder = Decoder(2 * config.value_dim, (c4, c8), config.decoder_dims)
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
-
-    batchnorm_folded = False
 
     def fold_batchnorm(self) -> "CycleVOSNet":
         """For inference: fold the encoder's batch norms into its convolutions where the backbone can

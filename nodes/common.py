@@ -94,12 +94,10 @@ def _output_dir() -> Path:
     return Path(fp.get_output_directory()) if fp is not None else Path.cwd() / "output"
 
 
-def _show_preview(preview, fps: float) -> dict | None:
-    """Writes ``preview`` (an ``OverlayPreview``) to ComfyUI's temp folder as an animated WEBP and returns
-    the node's ``ui`` entry that shows it; None outside ComfyUI."""
+def _show_preview(preview, fps: float) -> dict:
+    """Inside ComfyUI: writes ``preview`` (an ``OverlayPreview``) to its temp folder as an animated WEBP and
+    returns the node's ``ui`` entry that shows it."""
     fp = _folder_paths()
-    if fp is None or not preview.thumbnails:
-        return None
     first = next(iter(preview.thumbnails.values()))
     folder, name, counter, subfolder, _ = fp.get_save_image_path("cyclevos_preview", fp.get_temp_directory(), *first.size)
     Path(folder).mkdir(parents=True, exist_ok=True)

@@ -106,8 +106,9 @@ class CycleVOSPropagate:
         result = segment_frames(model.ready(), frames, keyframes, config, model.device, model.precision, report)
         masks = ObjectMasks(result.ids, result.object_ids, result.scores)
         outputs = ((masks.ids > 0).float(), masks)
-        ui = None if thumbnails is None else _show_preview(thumbnails, getattr(frames, "fps", None) or DEFAULT_FPS)
-        return outputs if ui is None else {"ui": ui, "result": outputs}
+        if thumbnails is None:  # outside ComfyUI, or preview off
+            return outputs
+        return {"ui": _show_preview(thumbnails, getattr(frames, "fps", None) or DEFAULT_FPS), "result": outputs}
 
 
 class CycleVOSConfidence:
