@@ -7,10 +7,9 @@ import math
 import os
 
 import numpy as np
-import torch
 from PIL import Image
 
-from .video_io import fit_size, overlay
+from .video_io import fit_size, overlay, to_uint8
 
 
 class OverlayPreview:
@@ -29,8 +28,7 @@ class OverlayPreview:
         is one of the kept frames; returns whether it was."""
         if t % self.step:
             return False
-        if isinstance(frame, torch.Tensor):
-            frame = (frame.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+        frame = to_uint8(frame)
         h, w = fit_size(ids.shape[:2], self.max_side)
         small = np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize((w, h), Image.BILINEAR))
         small_ids = np.asarray(Image.fromarray(np.ascontiguousarray(ids, dtype=np.uint8)).resize((w, h), Image.NEAREST))

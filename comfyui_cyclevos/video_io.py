@@ -314,6 +314,14 @@ def open_frames(path: str | os.PathLike[str], max_frames: int | None = None, ski
 # ----------------------------------------------------------------------------- masks
 
 
+def to_uint8(frame: Any) -> np.ndarray:
+    """A frame as (H, W, 3) uint8: a uint8 array as it is, floats in 0..1 (an array or a CPU tensor) rounded."""
+    if isinstance(frame, np.ndarray) and frame.dtype == np.uint8:
+        return frame
+    a = np.asarray(frame.detach() if hasattr(frame, "detach") else frame, dtype=np.float32)
+    return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def mask_from_array(ids: Any, name: str = "mask") -> np.ndarray:
     """(H, W) uint8 ids from any 2-D array of whole numbers 0..255 (bool, int or integral float)."""
     a = np.asarray(ids)

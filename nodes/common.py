@@ -164,10 +164,6 @@ def _mask_batch(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
     return m.float().cpu()
 
 
-def _to_uint8(frame: torch.Tensor) -> np.ndarray:
-    return (frame.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-
-
 def _resize_nearest(ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(..., h, w) integer maps -> (..., H, W) by nearest neighbour."""
     lead = ids.shape[:-2]

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from ..comfyui_cyclevos.errors import InputError
-from .common import CATEGORY, ObjectMasks, Objects, _frames, _int, _mask_batch, _Progress, _to_uint8, log
+from ..comfyui_cyclevos.video_io import to_uint8
+from .common import CATEGORY, ObjectMasks, Objects, _frames, _int, _mask_batch, _Progress, log
 
 class CycleVOSFirstFrameMask:
     DESCRIPTION = ("The objects to follow, drawn on one frame: either a MASK batch with one object per mask "
@@ -45,7 +46,7 @@ class CycleVOSFirstFrameMask:
         else:
             from ..comfyui_cyclevos.video_io import ids_from_rgb
 
-            ids = ids_from_rgb(_to_uint8(_frames(image, "image")[0]))
+            ids = ids_from_rgb(to_uint8(_frames(image, "image")[0]))
         if not (ids > 0).any():
             raise InputError("the mask image has no object pixels (all black/background): colour the objects")
         objects = Objects({int(frame_index): ids})

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from ..comfyui_cyclevos.errors import InputError
+from ..comfyui_cyclevos.video_io import to_uint8
 from .common import (CATEGORY, DEFAULT_FPS, _fit_to_frames, _folder_paths, _frames, _FRAMES_IN, _int, _mask_batch, _output_dir,
-                     _Progress, _resize_nearest, _to_uint8)
+                     _Progress, _resize_nearest)
 
 class CycleVOSOverlay:
     DESCRIPTION = "The frames with each object tinted in its palette colour and outlined: a preview IMAGE batch."
@@ -50,7 +51,7 @@ class CycleVOSOverlay:
         out = torch.empty_like(frames)
         for t in range(B):
             progress.check()
-            drawn = overlay(_to_uint8(frames[t]), ids[t if ids.shape[0] > 1 else 0].numpy(), float(alpha), int(outline))
+            drawn = overlay(to_uint8(frames[t]), ids[t if ids.shape[0] > 1 else 0].numpy(), float(alpha), int(outline))
             out[t] = torch.from_numpy(drawn).float().div_(255)
             progress.update(t + 1)
         return (out,)

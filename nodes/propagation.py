@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from ..comfyui_cyclevos.errors import InputError
+from ..comfyui_cyclevos.video_io import to_uint8
 from .common import (CATEGORY, DEFAULT_FPS, CycleVOSModel, ObjectMasks, _fit_to_frames, _folder_paths, _frame_mask, _frames,
-                     _FRAMES_IN, _int, _mask_batch, _MODEL_IN, _Progress, _resize_nearest, _show_preview, _SIZE_IN, _to_uint8,
+                     _FRAMES_IN, _int, _mask_batch, _MODEL_IN, _Progress, _resize_nearest, _show_preview, _SIZE_IN,
                      _video_frames)
 
 def _inference_config(model: CycleVOSModel, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate):
@@ -244,7 +245,7 @@ class CycleVOSCycleERF:
         result = compute_cycle_erf(model.ready(), frames[reference_frame], frames[target_frame], target.numpy(), int(size),
                                    CycleERFConfig(M=int(steps), alpha=model.gc_rate), model.device, model.precision,
                                    scale=float(scale) or None)
-        heat = heatmap_overlay(_to_uint8(frames[reference_frame]), result.map, outline, result.scale)
+        heat = heatmap_overlay(to_uint8(frames[reference_frame]), result.map, outline, result.scale)
         return (torch.from_numpy(result.map).float()[None], torch.from_numpy(heat).float().div_(255)[None], result.peak)
 
 
