@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py [--weights PATH] [--frames 60] [--device auto]
     python benchmarks/speed.py --arch lite0,resnet18,resnet50     # architectures side by side
-    python benchmarks/speed.py --unfolded                        # also the weights with batch norm kept
+    python benchmarks/speed.py --trainable                       # also the weights as loaded for training
 
 With --arch, each architecture runs with random weights (speed does not depend on them): lite0 with the
 shipped widths, the ResNets as the paper's STM (key 128, value 512, decoder 256).
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", help="comma-separated: auto, fp32, bf16, fp16")
-    ap.add_argument("--unfolded", action="store_true", help="also time the checkpoint without batch norm folding, first")
+    ap.add_argument("--trainable", action="store_true", help="also time the checkpoint as loaded for training (batch norm kept, weights trainable), first")
     a = ap.parse_args()
     device = pick_device(a.device)
     if a.arch:
@@ -79,8 +79,8 @@ def main() -> None:
     else:
         weights = a.weights or default_weights_path()
         nets = [(weights.name, load_checkpoint(weights, device))]
-        if a.unfolded:
-            nets.insert(0, (weights.name + " unfolded", load_checkpoint(weights, device, fold_batchnorm=False)))
+        if a.trainable:
+            nets.insert(0, (weights.name + " trainable", load_checkpoint(weights, device, for_inference=False)))
     clip, mask_path = demo_clip()
     frames = [f for _, f in zip(range(a.frames), (fr for _, fr in open_frames(clip)))]
     one = read_mask(mask_path)

@@ -15,9 +15,9 @@ FORMAT = "cyclevos-1"
 
 def save_checkpoint(path: str | Path, net: CycleVOSNet, extra: dict | None = None, half: bool = False) -> None:
     """Atomic write (a temporary file renamed into place), so an interrupted save leaves nothing."""
-    if net.batchnorm_folded:
-        raise ValueError("this network's batch norms are folded (loaded for inference): load the checkpoint with "
-                         "fold_batchnorm=False to save it")
+    if net.inference_only:
+        raise ValueError("this network was loaded for inference (batch norm folded, weights frozen): load the "
+                         "checkpoint with for_inference=False to save it")
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in net.state_dict().items()}
     payload = {"format": FORMAT, "config": net.config.to_dict(), "state_dict": state, "meta": dict(extra or {})}
     path = Path(path)
@@ -26,15 +26,15 @@ def save_checkpoint(path: str | Path, net: CycleVOSNet, extra: dict | None = Non
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", fold_batchnorm: bool = True) -> CycleVOSNet:
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", for_inference: bool = True) -> CycleVOSNet:
     """The network of a checkpoint, in eval mode on ``device``. Its weights are ordinary tensors even when
     loaded inside ``torch.inference_mode()`` (as in ComfyUI), so gradient correction and cycle-ERF, which
-    differentiate through the network, can use it there. For inference the encoder's batch norms are
-    folded into its convolutions (``CycleVOSNet.fold_batchnorm``); pass ``fold_batchnorm=False`` to train
-    it or to save it again."""
+    differentiate through the network, can use it there. By default it is ready for inference only
+    (``CycleVOSNet.for_inference``: batch norms folded, weights frozen); pass ``for_inference=False`` to
+    train it or to save it again."""
     with torch.inference_mode(False):
         net = _load_checkpoint(Path(path), device)
-        return net.fold_batchnorm() if fold_batchnorm else net
+        return net.for_inference() if for_inference else net
 
 
 def _load_checkpoint(path: Path, device: torch.device | str) -> CycleVOSNet:
@@ -70,6 +70,6 @@ def default_weights_path() -> Path:
 def export(src: str | Path, dst: str | Path, **meta) -> Path:
     """Ship a training checkpoint: fp16 tensors, with extra metadata (e.g. the measured ``gc_rate``)."""
     payload = torch.load(src, map_location="cpu", weights_only=True)
-    net = load_checkpoint(src, fold_batchnorm=False)
+    net = load_checkpoint(src, for_inference=False)
     save_checkpoint(dst, net, extra={**payload.get("meta", {}), **meta}, half=True)
     return Path(dst)

@@ -24,17 +24,16 @@ _STD = (0.229, 0.224, 0.225)
 class FrameFeatures:
     """What the query encoder computes once per frame; every later use of that frame shares it.
 
-    ``skips`` (the decoder's skip branches) and ``image_part`` (the fused memory encoder's image terms)
+    ``decoder_part`` (the decoder's frame terms) and ``image_part`` (the fused memory encoder's image terms)
     depend on the frame alone, so they are computed once per frame rather than once per object or per
-    gradient-correction step.
+    gradient-correction step; with one frame (B = 1) they broadcast over the objects without copies.
     """
 
     key: torch.Tensor  # (B, Ck, h, w)
-    value: torch.Tensor  # (B, Cv, h, w)
     f16: torch.Tensor  # (B, C16, h, w)
     f8: torch.Tensor  # (B, C8, H/8, W/8)
     f4: torch.Tensor  # (B, C4, H/4, W/4)
-    skips: tuple[torch.Tensor, torch.Tensor]  # decoder skip branches at 1/8 and 1/4
+    decoder_part: tuple[torch.Tensor, ...]  # Decoder.frame_part: value term at 1/16, skip branches at 1/8, 1/4
     image_part: tuple[torch.Tensor, ...] | None  # fused memory encoder's image terms, or None (stm)
 
     def select(self, index) -> "FrameFeatures":
@@ -48,6 +47,12 @@ class FrameFeatures:
             return t[index]
 
         return FrameFeatures(*(pick(getattr(self, f.name)) for f in fields(self)))
+
+
+def per_object(t: torch.Tensor, objects: int) -> torch.Tensor:
+    """A frame's term (B, ...) for its B*objects object rows: itself when B = 1 (it broadcasts), else each
+    frame's row repeated for its objects."""
+    return t if t.shape[0] == 1 else t.repeat_interleave(objects, dim=0)
 
 
 def make_backbone(name: str, in_extra: int = 0) -> nn.Module:
@@ -102,7 +107,9 @@ class Refine(nn.Module):
 
 
 class Decoder(nn.Module):
-    """1/16 -> 1/8 -> 1/4 -> one logit per pixel, bilinearly upsampled x4 to the input size."""
+    """1/16 -> 1/8 -> 1/4 -> one logit per pixel, bilinearly upsampled x4 to the input size.
+    Its input is STM's [memory readout, query value]; the first convolution splits, by linearity, into a
+    readout term (per object) and a value term (per frame, in ``frame_part``)."""
 
     def __init__(self, cin: int, skip_dims: tuple[int, int], dims: tuple[int, int, int]):
         super().__init__()
@@ -113,12 +120,17 @@ class Decoder(nn.Module):
         self.rf4 = Refine(skip_dims[0], d8, d4)
         self.pred = nn.Conv2d(d4, 1, 3, padding=1)
 
-    def skips(self, f8: torch.Tensor, f4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The frame-only part of the decoder: (N, d8, H/8, W/8), (N, d4, H/4, W/4)."""
-        return self.rf8.skip_branch(f8), self.rf4.skip_branch(f4)
+    def frame_part(self, value: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The frame-only terms: the query value's share of the first convolution, with its bias
+        (B, d16, h, w), and the skip branches (B, d8, H/8, W/8), (B, d4, H/4, W/4)."""
+        g16 = F.conv2d(value, self.conv_in.weight[:, value.shape[1]:], self.conv_in.bias, padding=1)
+        return g16, self.rf8.skip_branch(f8), self.rf4.skip_branch(f4)
 
-    def forward(self, x: torch.Tensor, s8: torch.Tensor, s4: torch.Tensor) -> torch.Tensor:
-        x = self.res_in(self.conv_in(x))  # (N, d16, h, w)
+    def forward(self, readout: torch.Tensor, frame_part: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """readout (N, Cv, h, w); ``frame_part`` of the N rows' frames, or of one frame shared by all."""
+        g16, s8, s4 = frame_part
+        x = F.conv2d(readout, self.conv_in.weight[:, : readout.shape[1]], None, padding=1) + g16
+        x = self.res_in(x)  # (N, d16, h, w)
         x = self.rf8(s8, x)  # (N, d8, H/8, W/8)
         x = self.rf4(s4, x)  # (N, d4, H/4, W/4)
         x = self.pred(F.relu(x))  # (N, 1, H/4, W/4)
@@ -157,7 +169,7 @@ class FusedMaskEncoder(nn.Module):
         return tuple(out)
 
     def forward(self, masks2: torch.Tensor, image_part: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        # masks2: (N, 2, H, W); image_part already repeated per object
+        # masks2: (N, 2, H, W); image_part of the N rows' frames, or of one frame shared by all
         g4, g8, g16 = image_part
 
         def fuse(conv: nn.Conv2d, n: int, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -195,7 +207,7 @@ class CycleVOSNet(nn.Module):
     """Stateless STM-cycle network: ``memorize`` and ``segment`` are all the engine, the training loop,
     gradient correction and cycle-ERF need."""
 
-    batchnorm_folded = False  # set by fold_batchnorm (inference only)
+    inference_only = False  # set by for_inference
 
     def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
@@ -216,21 +228,23 @@ class CycleVOSNet(nn.Module):
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
-    def fold_batchnorm(self) -> "CycleVOSNet":
-        """For inference: fold the encoder's batch norms into its convolutions where the backbone can
-        (Lite0; the ResNets keep theirs). The outputs are the same up to rounding; the network can no
-        longer be trained."""
-        if hasattr(self.encoder, "fold_batchnorm"):
-            with torch.inference_mode(False):
+    def for_inference(self) -> "CycleVOSNet":
+        """Inference only: the encoder's batch norms folded into its convolutions where the backbone can
+        (Lite0; the ResNets keep theirs; the outputs are the same up to rounding), and every parameter
+        frozen, so that gradient correction and cycle-ERF, which differentiate with respect to the masks
+        alone, build no graph for the weights. The network can no longer be trained or saved."""
+        with torch.inference_mode(False):
+            if hasattr(self.encoder, "fold_batchnorm"):
                 self.encoder.fold_batchnorm()
-            self.batchnorm_folded = True
+            self.requires_grad_(False)
+        self.inference_only = True
         return self.eval()
 
     def train(self, mode: bool = True) -> "CycleVOSNet":
         """Batch-norm statistics of the pretrained encoders stay frozen: training batches are tiny."""
-        if mode and self.batchnorm_folded:
-            raise RuntimeError("this network was loaded for inference (batch norm folded): load it with "
-                               "load_checkpoint(path, fold_batchnorm=False) to train it")
+        if mode and self.inference_only:
+            raise RuntimeError("this network was loaded for inference (batch norm folded, weights frozen): load it "
+                               "with load_checkpoint(path, for_inference=False) to train it")
         super().train(mode)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -247,7 +261,8 @@ class CycleVOSNet(nn.Module):
         frame-only terms of the decoder and of the fused memory encoder."""
         f4, f8, f16 = self.encoder(self.normalize(frame))
         image_part = self.mask_encoder.image_part(f4, f8, f16) if self.config.memory_encoder == "fused" else None
-        return FrameFeatures(self.key_q(f16), self.value_q(f16), f16, f8, f4, self.decoder.skips(f8, f4), image_part)
+        decoder_part = self.decoder.frame_part(self.value_q(f16), f8, f4)
+        return FrameFeatures(self.key_q(f16), f16, f8, f4, decoder_part, image_part)
 
     def memorize(
         self, frame: torch.Tensor, masks: torch.Tensor, features: FrameFeatures | None = None
@@ -262,7 +277,7 @@ class CycleVOSNet(nn.Module):
         if self.config.memory_encoder == "fused":
             if features is None:
                 features = self.encode_frame(frame)
-            image_part = tuple(t.repeat_interleave(O, dim=0) for t in features.image_part)  # (B*O, C, ...)
+            image_part = tuple(per_object(t, O) for t in features.image_part)  # (B*O or 1, C, ...)
             value = self.mask_encoder(masks2, image_part)  # (B*O, Cv, h, w)
             return features.key.unsqueeze(1), value.view(B, O, *value.shape[1:])
         x = self.normalize(frame).repeat_interleave(O, dim=0)  # (B*O, 3, H, W)
@@ -349,8 +364,6 @@ class CycleVOSNet(nn.Module):
             readout = self.read(affinity, values)
         else:
             readout = self.read_memory(keys, values, features.key, valid)  # (B, O, Cv, hw)
-        readout = readout.reshape(B * O, -1, h, w).to(features.value.dtype)
-        x = torch.cat([readout, features.value.repeat_interleave(O, dim=0)], 1)  # (B*O, 2Cv, h, w)
-        s8, s4 = (t.repeat_interleave(O, dim=0) for t in features.skips)
-        logits = self.decoder(x, s8, s4)  # (B*O, H, W)
+        readout = readout.reshape(B * O, -1, h, w).to(features.key.dtype)  # (B*O, Cv, h, w)
+        logits = self.decoder(readout, tuple(per_object(t, O) for t in features.decoder_part))  # (B*O, H, W)
         return logits.view(B, O, *logits.shape[-2:])

@@ -149,7 +149,7 @@ def train(data: str, out: str, cfg: TrainConfig, model_cfg: ModelConfig = ModelC
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     if warm_start:
-        net = load_checkpoint(warm_start, fold_batchnorm=False).train()
+        net = load_checkpoint(warm_start, for_inference=False).train()
         model_cfg = net.config
         log(f"starting from the weights of {warm_start}")
     else:

@@ -13,7 +13,7 @@ def test_shapes_through_memorize_and_segment():
     masks = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         f = net.encode_frame(x)
-        assert f.key.shape == (2, 64, 4, 6) and f.value.shape == (2, 128, 4, 6)
+        assert f.key.shape == (2, 64, 4, 6) and f.decoder_part[0].shape == (2, 128, 4, 6)
         assert f.f8.shape[-2:] == (8, 12) and f.f4.shape[-2:] == (16, 24)
         k, v = net.memorize(x, masks, f)
         assert k.shape == (2, 1, 64, 4, 6)  # fused encoder: one key shared by all objects
@@ -22,6 +22,27 @@ def test_shapes_through_memorize_and_segment():
         assert k.shape == (2, 1, 64, 24) and v.shape == (2, 3, 128, 24)
         logits = net.segment(x, torch.cat([k, k], -1), torch.cat([v, v], -1), f)  # two memory frames
         assert logits.shape == (2, 3, 64, 96)
+
+
+def test_decoder_split_matches_stm_input_and_one_frame_broadcasts_over_objects():
+    """The decoder's first convolution over [readout, value] is split into a per-object readout term and
+    a per-frame value term; a one-frame batch's terms broadcast over its objects instead of being copied."""
+    torch.manual_seed(0)
+    net = CycleVOSNet().eval()
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        f = net.encode_frame(x)
+        k, v = net.memory_of(*net.memorize(x, torch.rand(1, 3, 32, 48), f))
+        logits = net.segment(x, k, v, f)  # (1, 3, H, W), broadcast frame terms
+        dec = net.decoder
+        readout = net.read(net.affinity(k, f.key), v).reshape(3, -1, 2, 3)
+        value = net.value_q(f.f16).expand(3, -1, -1, -1)
+        y = dec.res_in(dec.conv_in(torch.cat([readout, value], 1)))  # STM's decoder input, whole
+        s8, s4 = (t.expand(3, -1, -1, -1) for t in f.decoder_part[1:])
+        y = dec.rf4(s4, dec.rf8(s8, y))
+        y = torch.nn.functional.interpolate(dec.pred(torch.relu(y)), scale_factor=4, mode="bilinear")[:, 0]
+    assert logits.shape == (1, 3, 32, 48)
+    assert torch.allclose(logits[0], y, atol=1e-5)
 
 
 def test_memorize_without_features_matches_with_features():
@@ -104,9 +125,9 @@ def test_config_round_trip():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
-def test_folded_batchnorm_gives_the_same_network_and_refuses_training(tmp_path):
-    """Inference folds the encoder's batch norms into its convolutions: same features and masks (up to
-    rounding) for any statistics, and a folded network is neither trained nor saved."""
+def test_inference_network_folds_batchnorm_freezes_weights_and_refuses_training(tmp_path):
+    """Inference folds the encoder's batch norms into its convolutions (same features and masks up to
+    rounding, for any statistics) and freezes the weights; such a network is neither trained nor saved."""
     from comfyui_cyclevos.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(1)
@@ -118,16 +139,18 @@ def test_folded_batchnorm_gives_the_same_network_and_refuses_training(tmp_path):
             m.weight.data.uniform_(0.5, 2)
             m.bias.data.uniform_(-1, 1)
     save_checkpoint(tmp_path / "n.pt", net)
-    plain = load_checkpoint(tmp_path / "n.pt", fold_batchnorm=False)
+    plain = load_checkpoint(tmp_path / "n.pt", for_inference=False)
     folded = load_checkpoint(tmp_path / "n.pt")
-    assert folded.batchnorm_folded and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.encoder.modules())
+    assert folded.inference_only and not any(p.requires_grad for p in folded.parameters())
+    assert all(p.requires_grad for p in plain.parameters())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.encoder.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.encoder.modules())
     x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         for a, b in zip(plain.encoder(x), folded.encoder(x)):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max())), float((a - b).abs().max())
-    with pytest.raises(RuntimeError, match="fold_batchnorm=False"):
+    with pytest.raises(RuntimeError, match="for_inference=False"):
         folded.train()
-    with pytest.raises(ValueError, match="fold_batchnorm=False"):
+    with pytest.raises(ValueError, match="for_inference=False"):
         save_checkpoint(tmp_path / "again.pt", folded)
-    plain.train()  # the unfolded one trains as before
+    plain.train()  # the one loaded for training trains as before
