@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from .config import CorrectionConfig
 from .errors import CycleVOSError
 
 
@@ -42,7 +43,7 @@ def _inference_options(fn):
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True, help="Autocast dtype: auto takes fp16 on CUDA, bf16 on CPUs with native bf16, fp32 elsewhere."),
         click.option("--gc/--no-gc", default=True, show_default=True, help="Online gradient correction (paper Eq. 5) against the first-frame mask; the corrected mask is written and memorised."),
         click.option("--gc-every", type=click.IntRange(min=1), default=5, show_default=True, help="Correct every K-th frame."),
-        click.option("--gc-steps", type=click.IntRange(min=1), default=10, show_default=True, help="N gradient steps per corrected frame."),
+        click.option("--gc-steps", type=click.IntRange(min=1), default=CorrectionConfig.N, show_default=True, help="N gradient steps per corrected frame (the rate is quoted at 10: fewer steps take larger ones)."),
         click.option("--gc-rate", type=float, default=None, help="Correction rate alpha (default: the checkpoint's measured value, else 150; the loss is a per-pixel mean)."),
         click.option("--mem-every", type=click.IntRange(min=1), default=5, show_default=True, help="Add every K-th frame to memory."),
         click.option("--mem-capacity", type=click.IntRange(min=1), default=16, show_default=True, help="Most memory frames besides the first (oldest dropped): bounds time and memory per frame."),

@@ -5,11 +5,13 @@ mask Y_1 on the reference frame X_1. So Y^_t takes N gradient steps that lower t
 
     Y^_t <- clamp(Y^_t - alpha * dL(S({X_t}, {Y^_t}, X_1), Y_1) / dY^_t, 0, 1)        (Eq. 5)
 
-L is Eq. 4 per object, **summed** over the objects, and the step is alpha * (Hp*Wp / REFERENCE_AREA):
-Eq. 4's cross-entropy is a per-pixel mean and its soft IoU a ratio of pixel sums, so dL/dY per pixel
-shrinks with the number of pixels, and a mean over objects would divide each object's gradient by their
-count. With the sum and the area factor, one alpha acts the same for 1 or 5 objects and at any processing
-size; alpha keeps the value it was tuned at (150, one object at 240x432, where the factor is 1).
+L is Eq. 4 per object, **summed** over the objects, and the step is alpha * (Hp*Wp / REFERENCE_AREA) *
+(REFERENCE_STEPS / N): Eq. 4's cross-entropy is a per-pixel mean and its soft IoU a ratio of pixel sums,
+so dL/dY per pixel shrinks with the number of pixels, and a mean over objects would divide each object's
+gradient by their count. With the sum and the area factor, one alpha acts the same for 1 or 5 objects and
+at any processing size; with the steps factor, N steps move the mask as far in all as the paper's 10 do,
+so fewer, larger steps cost less for the same correction. alpha keeps the value it was tuned at (150,
+one object at 240x432 in 10 steps, where both factors are 1).
 Everything that does not depend on Y^_t is computed once: both frames' encoder features, the decoder's
 skip branches, and, with the fused memory encoder (mask-independent keys), the read weights; each step
 then runs only the mask branch of the memory encoder and the decoder, forward and backward, under the
@@ -28,6 +30,7 @@ from typing import Callable
 
 import torch
 
+from .config import CorrectionConfig
 from .errors import InputError
 from .geometry import Geometry
 from .losses import mask_loss
@@ -35,6 +38,7 @@ from .network import CycleVOSNet, FrameFeatures, soft_aggregate
 from .precision import Precision
 
 REFERENCE_AREA = 240 * 432  # processing pixels at which alpha is defined (a 16:9 frame at size 240)
+REFERENCE_STEPS = 10  # steps N at which alpha is defined (the paper's)
 
 
 def plain(t):
@@ -89,11 +93,11 @@ def reconstruction_loss(
     return mask_loss(pred, target, gamma) * masks.shape[1]
 
 
-def step_size(alpha, masks: torch.Tensor) -> torch.Tensor:
-    """Eq. 5's rate for masks (1, O, Hp, Wp): alpha (a number, or one per object) scaled by the processing
-    area (see the module doc) -> (1, 1 or O, 1, 1)."""
+def step_size(alpha, masks: torch.Tensor, steps: int) -> torch.Tensor:
+    """Eq. 5's rate of each of ``steps`` steps for masks (1, O, Hp, Wp): alpha (a number, or one per
+    object) scaled by the processing area and the step count (see the module doc) -> (1, 1 or O, 1, 1)."""
     a = torch.as_tensor(alpha, dtype=torch.float32, device=masks.device).reshape(1, -1, 1, 1)
-    return a * (masks.shape[-2] * masks.shape[-1] / REFERENCE_AREA)
+    return a * (masks.shape[-2] * masks.shape[-1] / REFERENCE_AREA) * (REFERENCE_STEPS / steps)
 
 
 def fixed_affinity(net: CycleVOSNet, mem_features: FrameFeatures, query_features: FrameFeatures) -> torch.Tensor | None:
@@ -113,7 +117,7 @@ def gradient_correct(
     ref_frame: torch.Tensor,
     ref_features: FrameFeatures,
     ref_masks: torch.Tensor,
-    steps: int = 10,
+    steps: int = CorrectionConfig.N,
     alpha: float = 150.0,
     gamma: float = 1.0,
     return_losses: bool = False,
@@ -129,7 +133,7 @@ def gradient_correct(
         masks, frame, features = plain(masks).detach().float(), plain(frame), plain(features)
         ref_frame, ref_features, ref_masks = plain(ref_frame), plain(ref_features), plain(ref_masks)
         affinity = fixed_affinity(net, features, ref_features)
-        rate = step_size(alpha, masks)
+        rate = step_size(alpha, masks, steps)
         losses = []
         for _ in range(steps):
             m = masks.clone().requires_grad_(True)
@@ -151,7 +155,7 @@ def correct_sequence(
     masks: torch.Tensor,
     reference_index: int = 0,
     reference_mask: torch.Tensor | None = None,
-    steps: int = 10,
+    steps: int = CorrectionConfig.N,
     alpha: float = 150.0,
     gamma: float = 1.0,
     every: int = 1,

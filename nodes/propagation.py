@@ -49,7 +49,7 @@ class CycleVOSPropagate:
             "size": _SIZE_IN,
             "gradient_correction": ("BOOLEAN", {"default": True, "tooltip": "Refine every K-th frame's mask against the drawn mask (paper Eq. 5); about 2-5x slower on those frames."}),
             "gc_every": _int(5, 1, 1000, "Correct every K-th frame."),
-            "gc_steps": _int(10, 1, 200, "N gradient steps per corrected frame."),
+            "gc_steps": _int(5, 1, 200, "N gradient steps per corrected frame (the rate is quoted at 10: fewer steps take larger ones)."),
             "gc_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10000.0, "step": 1.0,
                                   "tooltip": "Step size alpha (0 = the checkpoint's measured rate, else 150; the loss is a per-pixel mean, hence large)."}),
         }, "optional": {
@@ -64,7 +64,7 @@ class CycleVOSPropagate:
         }}
 
     def propagate(self, model, frames=None, objects=None, mem_every=5, mem_capacity=16, size=240, gradient_correction=True,
-                  gc_every=5, gc_steps=10, gc_rate=0.0, video=None, confidence=None, preview=None):  # frames second: positional calls of old
+                  gc_every=5, gc_steps=5, gc_rate=0.0, video=None, confidence=None, preview=None):  # frames second: positional calls of old
         if (frames is None) == (video is None):
             raise InputError("connect either frames (IMAGE) or video (VIDEO) to CycleVOS Propagate" + (", not both" if video is not None else ""))
         temporary = None
@@ -162,7 +162,7 @@ class CycleVOSGradientCorrect:
                 "frames": _FRAMES_IN,
                 "masks": ("MASK", {"tooltip": "One mask per frame (B, H, W) of one object (or of all objects together)."}),
                 "reference_frame": _int(0, 0, 1_000_000, "Index of the frame whose mask is trusted (usually the drawn one)."),
-                "steps": _int(10, 1, 200, "N gradient steps per frame."),
+                "steps": _int(5, 1, 200, "N gradient steps per frame (the rate is quoted at 10: fewer steps take larger ones)."),
                 "rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10000.0, "step": 1.0,
                                    "tooltip": "Step size alpha (0 = the checkpoint's measured rate, else 150)."}),
                 "every": _int(1, 1, 1000, "Correct every n-th frame counted from the reference (1 = all)."),

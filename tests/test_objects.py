@@ -123,6 +123,20 @@ def test_correction_strength_does_not_depend_on_the_processing_size(net):
     assert 0.5 < ratio < 2.0, ratio
 
 
+def test_fewer_correction_steps_move_the_mask_as_far_in_all(net):
+    """alpha is quoted at 10 steps: N steps take alpha * 10 / N each, so 5 steps move a mask about as far
+    as 10 do (a fixed per-step rate would move it half as far)."""
+    frames, labels = moving_square_clip(n=3, objects=1)
+    x = torch.from_numpy(frames[2]).permute(2, 0, 1)[None].float() / 255
+    rx = torch.from_numpy(frames[0]).permute(2, 0, 1)[None].float() / 255
+    m = torch.from_numpy(labels[2] == 1).float()[None, None] * 0.6 + 0.2
+    ref = torch.from_numpy(labels[0] == 1).float()[None, None]
+    with torch.no_grad():
+        f, rf = net.encode_frame(x), net.encode_frame(rx)
+    moved = {n: (gradient_correct(net, m, x, f, rx, rf, ref, n, 1e5, 1.0) - m).abs().mean().item() for n in (5, 10)}
+    assert moved[10] > 5e-4 and 0.8 < moved[5] / moved[10] < 1.25, moved
+
+
 # 5 ------------------------------------------------------------------------------------------------
 def test_a_later_precise_mask_moves_only_its_objects_references(net, monkeypatch):
     frames, labels = moving_square_clip(n=5, objects=2)
