@@ -13,9 +13,10 @@ at any processing size; with the steps factor, N steps move the mask as far in a
 so fewer, larger steps cost less for the same correction. alpha keeps the value it was tuned at (150,
 one object at 240x432 in 10 steps, where both factors are 1).
 Everything that does not depend on Y^_t is computed once: both frames' encoder features, the decoder's
-skip branches, and, with the fused memory encoder (mask-independent keys), the read weights; each step
-then runs only the mask branch of the memory encoder and the decoder, forward and backward, under the
-run's precision policy (the masks and their gradient stay float32).
+frame terms (query value and skip branches), and, with the fused memory encoder (mask-independent keys),
+the read weights; each step then runs only the mask branch of the memory encoder and the decoder, forward
+and backward, under the run's precision policy (the masks and their gradient stay float32). The
+inference network's weights are frozen (``CycleVOSNet.for_inference``), so no graph is built for them.
 
 ``correct_sequence`` applies the same update after the fact to any mask sequence (this engine's or another
 tool's), frame by frame against one reference frame and its mask.
