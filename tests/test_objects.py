@@ -108,14 +108,20 @@ def test_correction_loss_is_summed_over_objects(net, monkeypatch):
     assert torch.allclose(loss, sum(per_object), rtol=1e-4)
 
 
-def test_correction_strength_does_not_depend_on_the_processing_size(net):
-    """The same content at twice the size gets about the same per-pixel update (the per-pixel mean loss
-    alone would give a quarter)."""
+def _square_to_correct():
+    """Frame 2 of a moving square with a soft mask (0.2 / 0.8) to correct, and frame 0 with its mask."""
     frames, labels = moving_square_clip(n=3, objects=1)
     x = torch.from_numpy(frames[2]).permute(2, 0, 1)[None].float() / 255
     rx = torch.from_numpy(frames[0]).permute(2, 0, 1)[None].float() / 255
     m = torch.from_numpy(labels[2] == 1).float()[None, None] * 0.6 + 0.2
     ref = torch.from_numpy(labels[0] == 1).float()[None, None]
+    return x, rx, m, ref
+
+
+def test_correction_strength_does_not_depend_on_the_processing_size(net):
+    """The same content at twice the size gets about the same per-pixel update (the per-pixel mean loss
+    alone would give a quarter)."""
+    x, rx, m, ref = _square_to_correct()
     up = lambda t: torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest")
     small = _first_update(net, x, rx, m, ref).abs().mean()
     large = _first_update(net, up(x), up(rx), up(m), up(ref)).abs().mean()
@@ -126,11 +132,7 @@ def test_correction_strength_does_not_depend_on_the_processing_size(net):
 def test_fewer_correction_steps_move_the_mask_as_far_in_all(net):
     """alpha is quoted at 10 steps: N steps take alpha * 10 / N each, so 5 steps move a mask about as far
     as 10 do (a fixed per-step rate would move it half as far)."""
-    frames, labels = moving_square_clip(n=3, objects=1)
-    x = torch.from_numpy(frames[2]).permute(2, 0, 1)[None].float() / 255
-    rx = torch.from_numpy(frames[0]).permute(2, 0, 1)[None].float() / 255
-    m = torch.from_numpy(labels[2] == 1).float()[None, None] * 0.6 + 0.2
-    ref = torch.from_numpy(labels[0] == 1).float()[None, None]
+    x, rx, m, ref = _square_to_correct()
     with torch.no_grad():
         f, rf = net.encode_frame(x), net.encode_frame(rx)
     moved = {n: (gradient_correct(net, m, x, f, rx, rf, ref, n, 1e5, 1.0) - m).abs().mean().item() for n in (5, 10)}
