@@ -106,6 +106,40 @@ class Refine(nn.Module):
         return self.res_out(m)
 
 
+def bilinear_weights(n: int, scale: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(n*scale, n): the weights with which ``F.interpolate(mode="bilinear", align_corners=False)``
+    upsamples one axis of length n by an integer ``scale`` (each output a mix of its two nearest inputs,
+    clamped at the borders)."""
+    src = ((torch.arange(n * scale, device=device, dtype=torch.float64) + 0.5) / scale - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=n - 1)
+    i1 = (i0 + 1).clamp(max=n - 1)
+    frac = src - i0
+    rows = torch.arange(n * scale, device=device)
+    a = torch.zeros(n * scale, n, device=device, dtype=torch.float64)
+    a.index_put_((rows, i0), 1 - frac, accumulate=True)
+    a.index_put_((rows, i1), frac, accumulate=True)
+    return a.to(dtype)
+
+
+class Upsample4(torch.autograd.Function):
+    """x4 bilinear upsampling of (N, C, h, w), as ``F.interpolate``, with a faster backward: the upsampling
+    is separable, out = A_h x A_w^T, so its gradient is A_h^T g A_w, two small matrix products, where the
+    CPU's own backward scatters pixel by pixel (7 ms vs 2 ms for 5 objects at 240x432: gradient correction
+    runs it on every step)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.in_shape, ctx.in_dtype = x.shape, x.dtype
+        return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        h, w = ctx.in_shape[-2:]
+        a_h = bilinear_weights(h, 4, g.device, g.dtype)  # (4h, h)
+        a_w = bilinear_weights(w, 4, g.device, g.dtype)  # (4w, w)
+        return (a_h.T @ g @ a_w).to(ctx.in_dtype)  # (N, C, 4h, 4w) -> (N, C, h, w)
+
+
 class Decoder(nn.Module):
     """1/16 -> 1/8 -> 1/4 -> one logit per pixel, bilinearly upsampled x4 to the input size.
     Its input is STM's [memory readout, query value]; the first convolution splits, by linearity, into a
@@ -134,7 +168,7 @@ class Decoder(nn.Module):
         x = self.rf8(s8, x)  # (N, d8, H/8, W/8)
         x = self.rf4(s4, x)  # (N, d4, H/4, W/4)
         x = self.pred(F.relu(x))  # (N, 1, H/4, W/4)
-        return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)[:, 0]  # (N, H, W)
+        return Upsample4.apply(x)[:, 0]  # (N, H, W)
 
 
 class FusedMaskEncoder(nn.Module):
@@ -196,11 +230,15 @@ def second_mask_channel(masks: torch.Tensor, mode: str) -> torch.Tensor:
 
 def soft_aggregate(probs: torch.Tensor) -> torch.Tensor:
     """STM's soft aggregation of per-object foreground probabilities (B, O, H, W) into a distribution
-    over background + objects (B, O+1, H, W) that sums to 1 at every pixel."""
+    over background + objects (B, O+1, H, W) that sums to 1 at every pixel.
+
+    STM takes the softmax of the logits log(p / (1 - p)); the exponential undoes the logarithm, so this
+    normalises the odds p / (1 - p) directly: the same values in fewer full-resolution passes (gradient
+    correction runs it forward and backward on every step)."""
     bg = torch.prod(1.0 - probs, dim=1, keepdim=True)
     em = torch.cat([bg, probs], 1).clamp(1e-7, 1 - 1e-7)
-    logit = torch.log(em / (1 - em))
-    return torch.softmax(logit, dim=1)
+    odds = em / (1 - em)  # at most 1e7: a sum of odds cannot overflow float32
+    return odds / odds.sum(1, keepdim=True)
 
 
 class CycleVOSNet(nn.Module):

@@ -2,7 +2,7 @@ import torch
 import pytest
 
 from comfyui_cyclevos.config import ModelConfig
-from comfyui_cyclevos.network import CycleVOSNet, soft_aggregate
+from comfyui_cyclevos.network import CycleVOSNet, Upsample4, soft_aggregate
 from comfyui_cyclevos.losses import mask_loss
 
 
@@ -107,6 +107,21 @@ def test_soft_aggregation_is_stm_s_odds_product():
     assert agg.argmax() == 1  # the most likely object wins
     low = soft_aggregate(torch.full((1, 2, 1, 1), 0.01))[0, :, 0, 0]
     assert low[0] > 0.95  # nothing likely: background
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 15, 27), (2, 4, 1, 5)])
+def test_decoder_upsampling_and_its_matrix_backward_match_interpolate(shape):
+    """The decoder's x4 upsampling computes its gradient as two matrix products; both directions must be
+    F.interpolate's, borders and one-pixel axes included."""
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    g = torch.randn(*shape[:2], shape[2] * 4, shape[3] * 4)
+    ref = torch.nn.functional.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+    (ref_grad,) = torch.autograd.grad(ref, x, g)
+    out = Upsample4.apply(x)
+    (grad,) = torch.autograd.grad(out, x, g)
+    assert torch.equal(out, ref)
+    assert torch.allclose(grad, ref_grad, atol=1e-5)
 
 
 def test_mask_loss_is_eq4():
