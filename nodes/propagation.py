@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
 from ..comfyui_cyclevos.errors import InputError
 from ..comfyui_cyclevos.video_io import to_uint8
 from .common import (CATEGORY, DEFAULT_FPS, CycleVOSModel, ObjectMasks, _fit_to_frames, _folder_paths, _frame_mask, _frames,
@@ -14,8 +15,6 @@ from .common import (CATEGORY, DEFAULT_FPS, CycleVOSModel, ObjectMasks, _fit_to_
                      _video_frames)
 
 def _inference_config(model: CycleVOSModel, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate):
-    from ..comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
-
     return InferenceConfig(
         size=int(size),
         precision=model.precision.name,
@@ -49,7 +48,7 @@ class CycleVOSPropagate:
             "size": _SIZE_IN,
             "gradient_correction": ("BOOLEAN", {"default": True, "tooltip": "Refine every K-th frame's mask against the drawn mask (paper Eq. 5); about 2-5x slower on those frames."}),
             "gc_every": _int(5, 1, 1000, "Correct every K-th frame."),
-            "gc_steps": _int(5, 1, 200, "N gradient steps per corrected frame (the rate is quoted at 10: fewer steps take larger ones)."),
+            "gc_steps": _int(CorrectionConfig.N, 1, 200, "N gradient steps per corrected frame (the rate is quoted at 10: fewer steps take larger ones)."),
             "gc_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10000.0, "step": 1.0,
                                   "tooltip": "Step size alpha (0 = the checkpoint's measured rate, else 150; the loss is a per-pixel mean, hence large)."}),
         }, "optional": {
@@ -64,7 +63,7 @@ class CycleVOSPropagate:
         }}
 
     def propagate(self, model, frames=None, objects=None, mem_every=5, mem_capacity=16, size=240, gradient_correction=True,
-                  gc_every=5, gc_steps=5, gc_rate=0.0, video=None, confidence=None, preview=None):  # frames second: positional calls of old
+                  gc_every=5, gc_steps=CorrectionConfig.N, gc_rate=0.0, video=None, confidence=None, preview=None):  # frames second: positional calls of old
         if (frames is None) == (video is None):
             raise InputError("connect either frames (IMAGE) or video (VIDEO) to CycleVOS Propagate" + (", not both" if video is not None else ""))
         temporary = None
@@ -162,7 +161,7 @@ class CycleVOSGradientCorrect:
                 "frames": _FRAMES_IN,
                 "masks": ("MASK", {"tooltip": "One mask per frame (B, H, W) of one object (or of all objects together)."}),
                 "reference_frame": _int(0, 0, 1_000_000, "Index of the frame whose mask is trusted (usually the drawn one)."),
-                "steps": _int(5, 1, 200, "N gradient steps per frame (the rate is quoted at 10: fewer steps take larger ones)."),
+                "steps": _int(CorrectionConfig.N, 1, 200, "N gradient steps per frame (the rate is quoted at 10: fewer steps take larger ones)."),
                 "rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10000.0, "step": 1.0,
                                    "tooltip": "Step size alpha (0 = the checkpoint's measured rate, else 150)."}),
                 "every": _int(1, 1, 1000, "Correct every n-th frame counted from the reference (1 = all)."),
@@ -173,7 +172,7 @@ class CycleVOSGradientCorrect:
             },
         }
 
-    def correct(self, model, frames, masks, reference_frame=0, steps=10, rate=0.0, every=1, size=240, reference_mask=None):
+    def correct(self, model, frames, masks, reference_frame=0, steps=CorrectionConfig.N, rate=0.0, every=1, size=240, reference_mask=None):
         from ..comfyui_cyclevos.correction import correct_sequence
 
         frames = _frames(frames)
