@@ -45,15 +45,15 @@ class CorrectionConfig:
 
     The loss (Eq. 4) is a per-pixel *mean* cross-entropy plus gamma * (1 - soft IoU), so alpha is large.
     alpha is quoted at the paper's N = 10 steps; N steps take alpha * 10 / N each (``correction.step_size``),
-    so one rate keeps the same total correction at any N. Dev J&F depends on alpha, not on N: at alpha
-    120-180 it is 69.9-70.2 for every N from 2 to 5 (fp32; N = 10 at 150: 70.2), at alpha 100 it falls
-    to 67.9 (N = 4 and 5). N = 3 costs 30 % of the paper's 10 steps and keeps a step in hand above N = 2
-    (at 150: train-240p J&F 86.6 / 86.7 / 86.7 for N = 3 / 4 / 5; dev 70.1 with bf16 convolutions).
+    so one rate keeps the same total correction at any N. Dev J&F depends on the total alpha more than on
+    N: at alpha 120-180 it is 69.9-70.2 for N = 2..5 in fp32, at alpha 100 it falls to 67.9 (N = 4, 5).
+    With bf16 convolutions, larger steps are fragile: N = 3 falls to 68.4 at alpha 180 (70.1 at 150) where
+    N = 4 and 5 hold (70.2, 70.1). N = 4 costs 40 % of the paper's 10 steps with that margin.
     """
 
     enabled: bool = True
     K: int = 5
-    N: int = 3
+    N: int = 4
     alpha: float = 150.0
     gamma: float = 1.0
     # Rate for a box-shaped mask given on a later frame (paper Table 5): a box is far from the object, and
