@@ -6,6 +6,7 @@
     python benchmarks/quality.py --soft-memory            # memorise probabilities, as STM does
     python benchmarks/quality.py --precision fp32,bf16    # a line per precision (auto: the engine's choice)
     python benchmarks/quality.py --size 240,360,480       # a line per processing size
+    python benchmarks/quality.py --precision fp32 --emulate-bf16   # bf16 convolutions emulated (bf16_emulation.py)
 
 Needs the DAVIS-2016 dev sequences beside the repo (../shared/data). Prints one line (a line per rate
 with --sweep: how the shipped rate was chosen).
@@ -13,11 +14,13 @@ with --sweep: how the shipped rate was chosen).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
 import torch
 
+from bf16_emulation import bf16_convolutions
 from machine import machine
 
 from comfyui_cyclevos.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
@@ -57,7 +60,14 @@ def main() -> None:
     ap.add_argument("--soft-memory", action="store_true", help="memorise probabilities, not label maps (MemoryConfig.hard=False)")
     ap.add_argument("--precision", default="auto", help="comma-separated precisions (auto, fp32, bf16, fp16): a line each")
     ap.add_argument("--size", default="240", help="comma-separated processing sizes: a line each")
+    ap.add_argument("--emulate-bf16", action="store_true", help="round every convolution to bf16 in float32: bf16 quality on a CPU without bf16")
     a = ap.parse_args()
+    with bf16_convolutions() if a.emulate_bf16 else contextlib.nullcontext():
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
+    emulated = ", bf16 convolutions emulated" if a.emulate_bf16 else ""
     device = pick_device(a.device)
     weights = a.weights or default_weights_path()
     net = load_checkpoint(weights, device)
@@ -65,7 +75,7 @@ def main() -> None:
         for steps in (int(x) for x in a.sweep_steps.split(",")):
             for alpha in (float(x) for x in a.sweep.split(",")):
                 j, f, jf, fps = score(net, a.data, gc_config(True, alpha, not a.soft_memory, steps=steps), device)
-                print(f"quality {a.data.name} with GC N {steps} alpha {alpha:g}{' soft memory' if a.soft_memory else ''}: "
+                print(f"quality {a.data.name} with GC N {steps} alpha {alpha:g}{' soft memory' if a.soft_memory else ''}{emulated}: "
                       f"J {j:.3f} F {f:.3f} J&F {jf:.3f} ({fps:.1f} fps)", flush=True)
         return
     alpha = a.gc_rate if a.gc_rate is not None else float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.alpha))
@@ -75,7 +85,7 @@ def main() -> None:
             off = score(net, a.data, gc_config(False, alpha, not a.soft_memory, precision, size), device)
             on = score(net, a.data, gc_config(True, alpha, not a.soft_memory, precision, size), device)
             print(
-                f"quality {a.data.name} ({len(list_sequences(a.data))} sequences, {weights.name}, size {size}, {name}): "
+                f"quality {a.data.name} ({len(list_sequences(a.data))} sequences, {weights.name}, size {size}, {name}{emulated}): "
                 f"without GC J {off[0]:.3f} F {off[1]:.3f} J&F {off[2]:.3f} ({off[3]:.1f} fps); "
                 f"with GC (alpha {alpha:g}{', soft memory' if a.soft_memory else ''}) J {on[0]:.3f} F {on[1]:.3f} J&F {on[2]:.3f} ({on[3]:.1f} fps) | {machine()}",
                 flush=True,
