@@ -135,6 +135,27 @@ def test_mask_loss_is_eq4():
     assert abs(mask_loss(p, y, gamma=0.0).item() - bce.item()) < 1e-5
 
 
+def test_mask_loss_soft_iou_has_min_and_max_values_and_gradient():
+    """The soft IoU's sums of min and max come from one |pred - target|: loss and gradient must be those
+    of torch.minimum / torch.maximum, ties (1/2 each way) and soft targets included."""
+    torch.manual_seed(0)
+    target = (torch.rand(2, 3, 8, 8) > 0.6).float()
+    target[0, 0, :2] = 0.3  # soft target
+    pred = torch.rand(2, 3, 8, 8)
+    pred[1, 2, :3] = target[1, 2, :3]  # ties
+    pred[0, 0, 0, :4] = 0.3
+    pred.requires_grad_(True)
+    p = pred.clamp(1e-6, 1 - 1e-6)
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean(dim=(-2, -1))
+    iou = (torch.minimum(pred, target).sum((-2, -1)) + 1e-6) / (torch.maximum(pred, target).sum((-2, -1)) + 1e-6)
+    ref = (bce + 0.7 * (1 - iou)).mean()
+    (ref_grad,) = torch.autograd.grad(ref, pred)
+    loss = mask_loss(pred, target, gamma=0.7)
+    (grad,) = torch.autograd.grad(loss, pred)
+    assert abs(loss.item() - ref.item()) < 1e-6
+    assert torch.allclose(grad, ref_grad, atol=1e-7, rtol=1e-5)
+
+
 def test_config_round_trip():
     cfg = ModelConfig(key_dim=32)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
