@@ -110,15 +110,15 @@ def bilinear_weights(n: int, scale: int, device: torch.device, dtype: torch.dtyp
     """(n*scale, n): the weights with which ``F.interpolate(mode="bilinear", align_corners=False)``
     upsamples one axis of length n by an integer ``scale`` (each output a mix of its two nearest inputs,
     clamped at the borders)."""
-    src = ((torch.arange(n * scale, device=device, dtype=torch.float64) + 0.5) / scale - 0.5).clamp(min=0)
-    i0 = src.floor().long().clamp(max=n - 1)
+    src = ((torch.arange(n * scale, dtype=torch.float64) + 0.5) / scale - 0.5).clamp(min=0)  # built on the CPU:
+    i0 = src.floor().long().clamp(max=n - 1)  # float64 is not on every device (MPS)
     i1 = (i0 + 1).clamp(max=n - 1)
     frac = src - i0
-    rows = torch.arange(n * scale, device=device)
-    a = torch.zeros(n * scale, n, device=device, dtype=torch.float64)
+    rows = torch.arange(n * scale)
+    a = torch.zeros(n * scale, n, dtype=torch.float64)
     a.index_put_((rows, i0), 1 - frac, accumulate=True)
     a.index_put_((rows, i1), frac, accumulate=True)
-    return a.to(dtype)
+    return a.to(device=device, dtype=dtype)
 
 
 class Upsample4(torch.autograd.Function):
