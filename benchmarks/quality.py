@@ -6,7 +6,7 @@
     python benchmarks/quality.py --soft-memory            # memorise probabilities, as STM does
     python benchmarks/quality.py --precision fp32,bf16    # a line per precision (auto: the engine's choice)
     python benchmarks/quality.py --size 240,360,480       # a line per processing size
-    python benchmarks/quality.py --precision fp32 --emulate-bf16   # bf16 convolutions emulated (bf16_emulation.py)
+    python benchmarks/quality.py --precision fp32 --emulate bf16   # bf16 (or fp16) convolutions emulated in fp32
 
 Needs the DAVIS-2016 dev sequences beside the repo (../shared/data). Prints one line (a line per rate
 with --sweep: how the shipped rate was chosen).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bf16_emulation import bf16_convolutions
+from precision_emulation import DTYPES, rounded_convolutions
 from machine import machine
 
 from comfyui_cyclevos.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
@@ -60,14 +60,15 @@ def main() -> None:
     ap.add_argument("--soft-memory", action="store_true", help="memorise probabilities, not label maps (MemoryConfig.hard=False)")
     ap.add_argument("--precision", default="auto", help="comma-separated precisions (auto, fp32, bf16, fp16): a line each")
     ap.add_argument("--size", default="240", help="comma-separated processing sizes: a line each")
-    ap.add_argument("--emulate-bf16", action="store_true", help="round every convolution to bf16 in float32: bf16 quality on a CPU without bf16")
+    ap.add_argument("--emulate", choices=sorted(DTYPES), default=None,
+                    help="round every convolution to bf16 or fp16 in float32 (precision_emulation.py): their quality where they do not run")
     a = ap.parse_args()
-    with bf16_convolutions() if a.emulate_bf16 else contextlib.nullcontext():
+    with rounded_convolutions(a.emulate) if a.emulate else contextlib.nullcontext():
         run(a)
 
 
 def run(a: argparse.Namespace) -> None:
-    emulated = ", bf16 convolutions emulated" if a.emulate_bf16 else ""
+    emulated = f", {a.emulate} convolutions emulated" if a.emulate else ""
     device = pick_device(a.device)
     weights = a.weights or default_weights_path()
     net = load_checkpoint(weights, device)
