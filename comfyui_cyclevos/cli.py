@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .config import CorrectionConfig
+from .config import CorrectionConfig, MemoryConfig
 from .errors import CycleVOSError
 
 
@@ -42,11 +42,11 @@ def _inference_options(fn):
         click.option("--size", type=click.IntRange(min=0), default=240, show_default=True, help="Processing short side in pixels (0: the frame's own size); masks are written at the frame's size."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True, help="Autocast dtype: auto takes fp16 on CUDA, bf16 on CPUs with native bf16, fp32 elsewhere."),
         click.option("--gc/--no-gc", default=True, show_default=True, help="Online gradient correction (paper Eq. 5) against the first-frame mask; the corrected mask is written and memorised."),
-        click.option("--gc-every", type=click.IntRange(min=1), default=5, show_default=True, help="Correct every K-th frame."),
+        click.option("--gc-every", type=click.IntRange(min=1), default=CorrectionConfig.K, show_default=True, help="Correct every K-th frame."),
         click.option("--gc-steps", type=click.IntRange(min=1), default=CorrectionConfig.N, show_default=True, help="N gradient steps per corrected frame (the rate is quoted at 10: fewer steps take larger ones)."),
         click.option("--gc-rate", type=float, default=None, help="Correction rate alpha (default: the checkpoint's measured value, else 150; the loss is a per-pixel mean)."),
-        click.option("--mem-every", type=click.IntRange(min=1), default=5, show_default=True, help="Add every K-th frame to memory."),
-        click.option("--mem-capacity", type=click.IntRange(min=1), default=16, show_default=True, help="Most memory frames besides the first (oldest dropped): bounds time and memory per frame."),
+        click.option("--mem-every", type=click.IntRange(min=1), default=MemoryConfig.K, show_default=True, help="Add every K-th frame to memory."),
+        click.option("--mem-capacity", type=click.IntRange(min=1), default=MemoryConfig.capacity, show_default=True, help="Most memory frames besides the first (oldest dropped): bounds time and memory per frame."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -43,11 +43,11 @@ class CycleVOSPropagate:
         return {"required": {
             "model": _MODEL_IN,
             "objects": ("CYCLEVOS_OBJECTS", {"tooltip": "The objects drawn on one or more frames, from CycleVOS First Frame Mask (and Keyframe nodes after it)."}),
-            "mem_every": _int(5, 1, 1000, "Add every K-th frame to the memory (the paper's 5)."),
-            "mem_capacity": _int(16, 1, 1000, "Most memory frames besides the drawn one (oldest dropped): bounds time and memory per frame."),
+            "mem_every": _int(MemoryConfig.K, 1, 1000, "Add every K-th frame to the memory (the paper's 5)."),
+            "mem_capacity": _int(MemoryConfig.capacity, 1, 1000, "Most memory frames besides the drawn one (oldest dropped): bounds time and memory per frame."),
             "size": _SIZE_IN,
             "gradient_correction": ("BOOLEAN", {"default": True, "tooltip": "Refine every K-th frame's mask against the drawn mask (paper Eq. 5); about 2-5x slower on those frames."}),
-            "gc_every": _int(5, 1, 1000, "Correct every K-th frame."),
+            "gc_every": _int(CorrectionConfig.K, 1, 1000, "Correct every K-th frame."),
             "gc_steps": _int(CorrectionConfig.N, 1, 200, "N gradient steps per corrected frame (the rate is quoted at 10: fewer steps take larger ones)."),
             "gc_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10000.0, "step": 1.0,
                                   "tooltip": "Step size alpha (0 = the checkpoint's measured rate, else 150; the loss is a per-pixel mean, hence large)."}),
@@ -62,8 +62,8 @@ class CycleVOSPropagate:
                                     "and the latest frame on the progress bar while it runs."}),
         }}
 
-    def propagate(self, model, frames=None, objects=None, mem_every=5, mem_capacity=16, size=240, gradient_correction=True,
-                  gc_every=5, gc_steps=CorrectionConfig.N, gc_rate=0.0, video=None, confidence=None, preview=None):  # frames second: positional calls of old
+    def propagate(self, model, frames=None, objects=None, mem_every=MemoryConfig.K, mem_capacity=MemoryConfig.capacity, size=240, gradient_correction=True,
+                  gc_every=CorrectionConfig.K, gc_steps=CorrectionConfig.N, gc_rate=0.0, video=None, confidence=None, preview=None):  # frames second: positional calls of old
         if (frames is None) == (video is None):
             raise InputError("connect either frames (IMAGE) or video (VIDEO) to CycleVOS Propagate" + (", not both" if video is not None else ""))
         temporary = None
