@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", help="comma-separated: auto, fp32, bf16, fp16")
     ap.add_argument("--trainable", action="store_true", help="also time the checkpoint as loaded for training (batch norm kept, weights trainable), first")
     a = ap.parse_args()
+    if a.frames < 5:
+        ap.error(f"--frames {a.frames} leaves nothing to time after the first frame and 3 warm-up frames: give at least 5")
     device = pick_device(a.device)
     if a.arch:
         nets = [(name, CycleVOSNet(architecture(name)).to(device).eval()) for name in a.arch.split(",")]
