@@ -2,7 +2,7 @@ import torch
 import pytest
 
 from comfyui_cyclevos.config import ModelConfig
-from comfyui_cyclevos.network import CycleVOSNet, Upsample4, soft_aggregate
+from comfyui_cyclevos.network import CycleVOSNet, SplitConv2d, Upsample4, soft_aggregate
 from comfyui_cyclevos.losses import mask_loss
 
 
@@ -190,3 +190,29 @@ def test_inference_network_folds_batchnorm_freezes_weights_and_refuses_training(
     with pytest.raises(ValueError, match="for_inference=False"):
         save_checkpoint(tmp_path / "again.pt", folded)
     plain.train()  # the one loaded for training trains as before
+
+
+def test_split_convolution_halves_follow_a_frozen_weight_that_changes():
+    """The frozen halves are cached; they must follow the weight when it is reloaded or moved, and a cache
+    made under inference mode must still serve gradient correction (which records a graph)."""
+    torch.manual_seed(0)
+    conv = SplitConv2d(3, 5, 4)
+    a, b = torch.rand(1, 3, 6, 8), torch.rand(1, 2, 6, 8)
+
+    def agrees():
+        return torch.allclose(conv.first(a) + conv.second(b), conv(torch.cat([a, b], 1)), atol=1e-6)
+
+    assert agrees()
+    conv.first(a).sum().backward()  # trainable: the gradient reaches the whole weight's first half only
+    assert conv.weight.grad[:, 3:].abs().max() == 0 and conv.weight.grad[:, :3].abs().max() > 0
+    conv.requires_grad_(False)
+    with torch.inference_mode():
+        assert agrees()  # the halves are made here, under inference mode
+    assert all(h.is_contiguous() for h in conv.halves())
+    x = a.clone().requires_grad_(True)
+    conv.first(x).sum().backward()  # a graph through halves made under inference mode
+    assert x.grad is not None
+    conv.load_state_dict({k: torch.rand_like(v) for k, v in conv.state_dict().items()})
+    assert agrees()  # reloaded in place: the halves follow
+    conv.to(memory_format=torch.channels_last)
+    assert agrees() and all(h.is_contiguous(memory_format=torch.channels_last) for h in conv.halves())
