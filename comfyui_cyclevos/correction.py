@@ -34,7 +34,7 @@ import torch
 from .config import CorrectionConfig
 from .errors import InputError
 from .geometry import Geometry
-from .losses import mask_loss
+from .losses import aggregate_loss
 from .network import CycleVOSNet, FrameFeatures, soft_aggregate
 from .precision import Precision
 
@@ -61,6 +61,21 @@ def normalize_objects(masks: torch.Tensor) -> torch.Tensor:
     return probs / probs.sum(1, keepdim=True).clamp(min=1e-6)
 
 
+def reconstruction_logits(
+    net: CycleVOSNet,
+    masks: torch.Tensor,
+    mem_frame: torch.Tensor,
+    mem_features: FrameFeatures,
+    query_frame: torch.Tensor,
+    query_features: FrameFeatures,
+    affinity: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Eq. 2 before the soft aggregation: masks (1, O, H, W) on the memory frame -> each object's logits
+    (1, O, H, W) on the query frame, from that one memory frame alone."""
+    k, v = net.memory_of(*net.memorize(mem_frame, masks, mem_features))  # (1, Ok, Ck, hw), (1, O, Cv, hw)
+    return net.segment(query_frame, k, v, query_features, affinity=affinity)
+
+
 def reconstruct(
     net: CycleVOSNet,
     masks: torch.Tensor,
@@ -70,10 +85,9 @@ def reconstruct(
     query_features: FrameFeatures,
     affinity: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """S({mem_frame}, {masks}, query_frame), Eq. 2: masks (1, O, H, W) on the memory frame -> each
-    object's float32 probability (1, O, H, W) on the query frame, from that one memory frame alone."""
-    k, v = net.memory_of(*net.memorize(mem_frame, masks, mem_features))  # (1, Ok, Ck, hw), (1, O, Cv, hw)
-    logits = net.segment(query_frame, k, v, query_features, affinity=affinity)
+    """S({mem_frame}, {masks}, query_frame), Eq. 2 -> each object's float32 probability (1, O, H, W) on
+    the query frame."""
+    logits = reconstruction_logits(net, masks, mem_frame, mem_features, query_frame, query_features, affinity)
     return soft_aggregate(torch.sigmoid(logits.float()))[:, 1:]
 
 
@@ -90,8 +104,8 @@ def reconstruction_loss(
 ) -> torch.Tensor:
     """L(S({mem_frame}, {masks}, query_frame), target): Eq. 4 of each object, summed over the objects;
     target (1, O, H, W) on the query frame. Eq. 5 (correction) and Eq. 6 (cycle-ERF) both descend it."""
-    pred = reconstruct(net, masks, mem_frame, mem_features, query_frame, query_features, affinity)
-    return mask_loss(pred, target, gamma) * masks.shape[1]
+    logits = reconstruction_logits(net, masks, mem_frame, mem_features, query_frame, query_features, affinity)
+    return aggregate_loss(logits, target, gamma)
 
 
 def step_size(alpha, masks: torch.Tensor, steps: int) -> torch.Tensor:

@@ -255,6 +255,9 @@ def second_mask_channel(masks: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"unknown second_mask {mode!r}: choose 'others' or 'background'")
 
 
+ODDS_CLAMP = 1e-7  # soft aggregation clamps each probability to [ODDS_CLAMP, 1 - ODDS_CLAMP]
+
+
 def soft_aggregate(probs: torch.Tensor) -> torch.Tensor:
     """STM's soft aggregation of per-object foreground probabilities (B, O, H, W) into a distribution
     over background + objects (B, O+1, H, W) that sums to 1 at every pixel.
@@ -263,7 +266,7 @@ def soft_aggregate(probs: torch.Tensor) -> torch.Tensor:
     normalises the odds p / (1 - p) directly: the same values in fewer full-resolution passes (gradient
     correction runs it forward and backward on every step)."""
     bg = torch.prod(1.0 - probs, dim=1, keepdim=True)
-    em = torch.cat([bg, probs], 1).clamp(1e-7, 1 - 1e-7)
+    em = torch.cat([bg, probs], 1).clamp(ODDS_CLAMP, 1 - ODDS_CLAMP)
     odds = em / (1 - em)  # at most 1e7: a sum of odds cannot overflow float32
     return odds / odds.sum(1, keepdim=True)
 
