@@ -138,7 +138,13 @@ def test_frames_of_another_size_are_refused(net):
         eng.step(frames[1][:, :-2])
 
 
-def test_engine_runs_inside_inference_mode_with_correction(net):
+@pytest.mark.parametrize("frozen", [False, True])
+def test_engine_runs_inside_inference_mode_with_correction(net, frozen):
+    """As ComfyUI runs it; frozen: a network loaded for inference, whose cached weight halves are first
+    made under inference mode and then recorded by correction's graph."""
+    if frozen:
+        torch.manual_seed(0)
+        net = CycleVOSNet().for_inference()
     frames, labels = moving_square_clip(n=6)
     eng = InferenceCore(net, InferenceConfig(size=64, correction=CorrectionConfig(K=2, N=2)))
     with torch.inference_mode():
