@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .correction import fixed_affinity, reconstruct
-from .network import CycleVOSNet, FrameFeatures
+from .correction import fixed_affinity, reconstruction_logits
+from .network import CycleVOSNet, FrameFeatures, soft_aggregate
 
 
 def reference_iou(net: CycleVOSNet, masks: torch.Tensor, x: torch.Tensor, features: FrameFeatures,
@@ -25,7 +25,8 @@ def reference_iou(net: CycleVOSNet, masks: torch.Tensor, x: torch.Tensor, featur
     """masks (1, n, Hp, Wp) written on frame x, targets (1, n, Hp, Wp) on the reference -> (n,) IoU of
     the reconstructed reference masks (thresholded at 0.5) with the targets; 1 where both are empty."""
     with torch.no_grad():
-        pred = reconstruct(net, masks, x, features, ref_x, ref_features, fixed_affinity(net, features, ref_features)) > 0.5
+        logits = reconstruction_logits(net, masks, x, features, ref_x, ref_features, fixed_affinity(net, features, ref_features))
+        pred = soft_aggregate(torch.sigmoid(logits.float()))[:, 1:] > 0.5
     target = targets > 0.5
     inter = (pred & target).flatten(2).sum(-1).float()[0]
     union = (pred | target).flatten(2).sum(-1).float()[0]

@@ -35,7 +35,7 @@ from .config import CorrectionConfig
 from .errors import InputError
 from .geometry import Geometry
 from .losses import aggregate_loss
-from .network import CycleVOSNet, FrameFeatures, soft_aggregate
+from .network import CycleVOSNet, FrameFeatures
 from .precision import Precision
 
 REFERENCE_AREA = 240 * 432  # processing pixels at which alpha is defined (a 16:9 frame at size 240)
@@ -70,25 +70,10 @@ def reconstruction_logits(
     query_features: FrameFeatures,
     affinity: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Eq. 2 before the soft aggregation: masks (1, O, H, W) on the memory frame -> each object's logits
-    (1, O, H, W) on the query frame, from that one memory frame alone."""
+    """S({mem_frame}, {masks}, query_frame), Eq. 2, before the soft aggregation: masks (1, O, H, W) on the
+    memory frame -> each object's logits (1, O, H, W) on the query frame, from that one memory frame alone."""
     k, v = net.memory_of(*net.memorize(mem_frame, masks, mem_features))  # (1, Ok, Ck, hw), (1, O, Cv, hw)
     return net.segment(query_frame, k, v, query_features, affinity=affinity)
-
-
-def reconstruct(
-    net: CycleVOSNet,
-    masks: torch.Tensor,
-    mem_frame: torch.Tensor,
-    mem_features: FrameFeatures,
-    query_frame: torch.Tensor,
-    query_features: FrameFeatures,
-    affinity: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """S({mem_frame}, {masks}, query_frame), Eq. 2 -> each object's float32 probability (1, O, H, W) on
-    the query frame."""
-    logits = reconstruction_logits(net, masks, mem_frame, mem_features, query_frame, query_features, affinity)
-    return soft_aggregate(torch.sigmoid(logits.float()))[:, 1:]
 
 
 def reconstruction_loss(

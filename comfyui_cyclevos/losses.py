@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import torch
 
-from .network import ODDS_CLAMP
+from .network import ODDS_CLAMP, aggregation_odds
 
 PROB_CLAMP = 1e-6  # the cross-entropy clamps the prediction to [PROB_CLAMP, 1 - PROB_CLAMP]
 IOU_EPS = 1e-6  # added to the soft IoU's sums: two empty masks overlap fully
 
 
-def eq4_terms(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per object (B, O): the per-pixel mean binary cross-entropy, and the sums of min(pred, target) and
-    max(pred, target), taken as (a + b -/+ |a - b|) / 2, which share one |a - b|: the same sums and the
+def eq4_per_object(pred: torch.Tensor, target: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 4 of each object (B, O), with the sums of min(pred, target) and max(pred, target) (B, O) it
+    took. min and max are taken as (a + b -/+ |a - b|) / 2, which share one |a - b|: the same sums and the
     same gradient (1/2 each at a tie, as torch.minimum's) in a third less time forward and backward."""
     p = pred.clamp(PROB_CLAMP, 1 - PROB_CLAMP)
     bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean(dim=(-2, -1))
     both = (pred + target).sum(dim=(-2, -1))
     apart = (pred - target).abs().sum(dim=(-2, -1))
-    return bce, (both - apart) / 2, (both + apart) / 2
+    inter, union = (both - apart) / 2, (both + apart) / 2
+    return bce + gamma * (1 - (inter + IOU_EPS) / (union + IOU_EPS)), inter, union
 
 
 def mask_loss(pred: torch.Tensor, target: torch.Tensor, gamma: float = 1.0, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -27,8 +28,7 @@ def mask_loss(pred: torch.Tensor, target: torch.Tensor, gamma: float = 1.0, vali
     pred, target: (B, O, H, W) probabilities / masks in 0..1. ``valid`` (B, O) bool marks the objects
     that exist (padding objects in a batch are left out). Returns the mean over valid objects.
     """
-    bce, inter, union = eq4_terms(pred, target)
-    per_object = bce + gamma * (1 - (inter + IOU_EPS) / (union + IOU_EPS))  # (B, O)
+    per_object = eq4_per_object(pred, target, gamma)[0]  # (B, O)
     if valid is None:
         return per_object.mean()
     valid = valid.to(per_object.dtype)
@@ -49,15 +49,13 @@ class _AggregateLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, gamma):
         p = torch.sigmoid(logits)  # (B, O, H, W)
-        bg = torch.prod(1 - p, dim=1, keepdim=True)  # (B, 1, H, W): soft_aggregate, keeping its parts
-        odds = torch.cat([bg, p], 1).clamp_(ODDS_CLAMP, 1 - ODDS_CLAMP)
-        odds = odds / (1 - odds)  # (B, O+1, H, W)
+        bg, odds = aggregation_odds(p)  # (B, 1, H, W), (B, O+1, H, W): soft_aggregate, keeping its parts
         total = odds.sum(1, keepdim=True)
         pred = odds[:, 1:] / total
-        bce, inter, union = eq4_terms(pred, target)
+        per_object, inter, union = eq4_per_object(pred, target, gamma)
         ctx.save_for_backward(p, bg, odds, total, pred, target, inter, union)
         ctx.gamma = gamma
-        return (bce + gamma * (1 - (inter + IOU_EPS) / (union + IOU_EPS))).sum() / p.shape[0]
+        return per_object.sum() / p.shape[0]
 
     @staticmethod
     def backward(ctx, grad):

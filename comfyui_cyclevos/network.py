@@ -7,6 +7,7 @@ the h*w positions of each of its T frames side by side (N = T*h*w): keys (B, Ok,
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 
@@ -141,6 +142,7 @@ class Refine(nn.Module):
         return self.res_out(m)
 
 
+@functools.lru_cache(maxsize=16)  # built once per size: Upsample4's backward asks on every correction step
 def bilinear_weights(n: int, scale: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(n*scale, n): the weights with which ``F.interpolate(mode="bilinear", align_corners=False)``
     upsamples one axis of length n by an integer ``scale`` (each output a mix of its two nearest inputs,
@@ -265,10 +267,17 @@ def soft_aggregate(probs: torch.Tensor) -> torch.Tensor:
     STM takes the softmax of the logits log(p / (1 - p)); the exponential undoes the logarithm, so this
     normalises the odds p / (1 - p) directly: the same values in fewer full-resolution passes (gradient
     correction runs it forward and backward on every step)."""
+    odds = aggregation_odds(probs)[1]
+    return odds / odds.sum(1, keepdim=True)
+
+
+def aggregation_odds(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-object probabilities (B, O, H, W) -> the background's probability prod(1 - p) (B, 1, H, W) and
+    the odds of [background, objects], each clamped to [ODDS_CLAMP, 1 - ODDS_CLAMP] first (B, O+1, H, W):
+    what ``soft_aggregate`` normalises, and ``losses.aggregate_loss`` keeps for its gradient."""
     bg = torch.prod(1.0 - probs, dim=1, keepdim=True)
     em = torch.cat([bg, probs], 1).clamp(ODDS_CLAMP, 1 - ODDS_CLAMP)
-    odds = em / (1 - em)  # at most 1e7: a sum of odds cannot overflow float32
-    return odds / odds.sum(1, keepdim=True)
+    return bg, em / (1 - em)  # odds at most 1e7: a sum of them cannot overflow float32
 
 
 class CycleVOSNet(nn.Module):

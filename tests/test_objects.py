@@ -10,7 +10,7 @@ from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryCon
 from comfyui_cyclevos.correction import gradient_correct
 from comfyui_cyclevos.errors import InputError
 from comfyui_cyclevos.losses import mask_loss
-from comfyui_cyclevos.network import CycleVOSNet
+from comfyui_cyclevos.network import CycleVOSNet, soft_aggregate
 from comfyui_cyclevos.precision import cpu_has_bf16
 from comfyui_cyclevos.propagate import InferenceCore
 
@@ -101,7 +101,7 @@ def test_correction_loss_is_summed_over_objects(net):
     with torch.no_grad():
         f, rf = net.encode_frame(x), net.encode_frame(rx)
         loss = correction_module.reconstruction_loss(net, masks, x, f, rx, rf, target, 1.0)
-        pred = correction_module.reconstruct(net, masks, x, f, rx, rf)
+        pred = soft_aggregate(torch.sigmoid(correction_module.reconstruction_logits(net, masks, x, f, rx, rf)))[:, 1:]
     per_object = [mask_loss(pred[:, i : i + 1], target[:, i : i + 1], 1.0) for i in range(3)]
     assert torch.allclose(loss, sum(per_object), rtol=1e-4)
 
