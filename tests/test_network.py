@@ -80,6 +80,57 @@ def test_invalid_memory_frames_are_left_out_per_object():
     assert not torch.allclose(masked[:, 1], full[:, 1])
 
 
+def test_memory_read_is_stm_s_softmax_over_memory_positions():
+    """Each query position reads sum_j softmax_j(k_j . q / sqrt(Ck)) v_j over the memory positions j an
+    object holds (float64 reference), whatever layout the read takes its weights in."""
+    torch.manual_seed(0)
+    net = CycleVOSNet().eval()
+    keys, values, query = torch.randn(1, 1, 64, 60), torch.randn(1, 3, 128, 60), torch.randn(1, 64, 4, 6)
+    valid = torch.ones(1, 3, 60, dtype=torch.bool)
+    valid[0, 1, :24] = False  # object 2 holds the last 36 positions
+    logits = torch.einsum("cn,cq->nq", keys[0, 0].double(), query[0].flatten(1).double()) / 8.0  # (N, hw)
+    for v in (None, valid):
+        with torch.no_grad():
+            got = net.read_memory(keys, values, query, v)  # (1, 3, 128, hw)
+        for o in range(3):
+            held = torch.ones(60, dtype=torch.bool) if v is None else v[0, o]
+            p = torch.softmax(logits[held], dim=0)  # over the memory positions the object holds
+            want = values[0, o][:, held].double() @ p
+            assert torch.allclose(got[0, o].double(), want, atol=1e-5)
+
+
+def test_encoder_in_place_activations_keep_values_and_gradients():
+    """The Lite0 blocks clamp and add in place: the same features and the same gradients, for the input and
+    the weights, as the blocks written out of place (batch norm as in training: frozen statistics)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    enc = CycleVOSNet().train().encoder
+
+    def reference(x):
+        x = F.relu6(enc._bn0(enc._conv_stem(x)))
+        out = []
+        for i, b in enumerate(enc._blocks):
+            y = F.relu6(b._bn0(b._expand_conv(x))) if b.has_expand else x
+            y = b._bn2(b._project_conv(F.relu6(b._bn1(b._depthwise_conv(y)))))
+            x = x + y if b.residual else y
+            if i in enc._taps:
+                out.append(x)
+        return out
+
+    results, image = [], torch.randn(2, 3, 64, 96)
+    for forward in (enc, reference):
+        x = image.clone().requires_grad_(True)
+        feats = forward(x)
+        sum((f * torch.randn_like(f, generator=torch.Generator().manual_seed(i))).sum() for i, f in enumerate(feats)).backward()
+        weight = enc._blocks[4]._expand_conv.weight
+        results.append((feats, x.grad, weight.grad.clone()))
+        weight.grad = None
+    (fa, ga, wa), (fb, gb, wb) = results
+    assert all(torch.equal(a, b) for a, b in zip(fa, fb))
+    assert torch.allclose(ga, gb, atol=1e-6) and torch.allclose(wa, wb, atol=1e-6)
+
+
 def test_an_object_without_memory_reads_nothing_and_spoils_nothing():
     torch.manual_seed(0)
     net = CycleVOSNet().eval()

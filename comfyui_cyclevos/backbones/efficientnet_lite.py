@@ -51,12 +51,15 @@ class _MBConv(nn.Module):
         self._project_conv, self._bn2 = _fold(self._project_conv, self._bn2), nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In place on tensors nothing else reads (a convolution's or batch norm's backward needs its
+        # input, not its output): the encoder's activations are the largest of a frame, and fresh ones cost
+        # page faults as well as a pass
         y = x
         if self.has_expand:
-            y = F.relu6(self._bn0(self._expand_conv(y)))
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+            y = F.relu6(self._bn0(self._expand_conv(y)), inplace=True)
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
         y = self._bn2(self._project_conv(y))
-        return x + y if self.residual else y
+        return y.add_(x) if self.residual else y
 
 
 class EfficientNetLite0(nn.Module):
@@ -77,7 +80,7 @@ class EfficientNetLite0(nn.Module):
         self._taps = {2: 0, 4: 1, 10: 2}  # block index -> position in the output (1/4, 1/8, 1/16)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = F.relu6(self._bn0(self._conv_stem(x)))  # (B, 32, H/2, W/2)
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)  # (B, 32, H/2, W/2)
         out = [None, None, None]
         for i, block in enumerate(self._blocks):
             x = block(x)
