@@ -178,9 +178,11 @@ class Upsample4(torch.autograd.Function):
 
 
 class Decoder(nn.Module):
-    """1/16 -> 1/8 -> 1/4 -> one logit per pixel, bilinearly upsampled x4 to the input size.
-    Its input is STM's [memory readout, query value]; the first convolution splits, by linearity, into a
-    readout term (per object) and a value term (per frame, in ``frame_part``)."""
+    """1/16 -> 1/8 -> 1/4 -> one logit per pixel at 1/4 (``STRIDE``), bilinearly upsampled x4 to the input
+    size. Its input is STM's [memory readout, query value]; the first convolution splits, by linearity, into
+    a readout term (per object) and a value term (per frame, in ``frame_part``)."""
+
+    STRIDE = 4  # the logits' resolution before the upsampling, relative to the input
 
     def __init__(self, cin: int, skip_dims: tuple[int, int], dims: tuple[int, int, int]):
         super().__init__()
@@ -196,15 +198,16 @@ class Decoder(nn.Module):
         (B, d16, h, w), and the skip branches (B, d8, H/8, W/8), (B, d4, H/4, W/4)."""
         return self.conv_in.second(value), self.rf8.skip_branch(f8), self.rf4.skip_branch(f4)
 
-    def forward(self, readout: torch.Tensor, frame_part: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """readout (N, Cv, h, w); ``frame_part`` of the N rows' frames, or of one frame shared by all."""
+    def forward(self, readout: torch.Tensor, frame_part: tuple[torch.Tensor, ...], upsample: bool = True) -> torch.Tensor:
+        """readout (N, Cv, h, w); ``frame_part`` of the N rows' frames, or of one frame shared by all.
+        ``upsample`` False returns the logits as predicted, at 1/4 (N, H/4, W/4)."""
         g16, s8, s4 = frame_part
         x = self.conv_in.first(readout) + g16
         x = self.res_in(x)  # (N, d16, h, w)
         x = self.rf8(s8, x)  # (N, d8, H/8, W/8)
         x = self.rf4(s4, x)  # (N, d4, H/4, W/4)
         x = self.pred(F.relu_(x))  # (N, 1, H/4, W/4)
-        return Upsample4.apply(x)[:, 0]  # (N, H, W)
+        return Upsample4.apply(x)[:, 0] if upsample else x[:, 0]  # (N, H, W) or (N, H/4, W/4)
 
 
 class FusedMaskEncoder(nn.Module):
@@ -432,11 +435,13 @@ class CycleVOSNet(nn.Module):
         features: FrameFeatures | None = None,
         valid: torch.Tensor | None = None,
         affinity: torch.Tensor | None = None,
+        upsample: bool = True,
     ) -> torch.Tensor:
         """Predict every object on ``frame`` from memory: keys (B, Ok, Ck, N), values (B, O, Cv, N) ->
-        per-object logits (B, O, H, W). Combine objects with ``soft_aggregate``. ``valid`` (B, O, N) as in
-        ``read_memory``. ``affinity`` (from ``affinity``) may be passed when the keys are known not to change
-        (the fused encoder's keys do not depend on the mask: gradient correction and cycle-ERF reuse it)."""
+        per-object logits (B, O, H, W), or at the decoder's 1/4 without ``upsample``. Combine objects with
+        ``soft_aggregate``. ``valid`` (B, O, N) as in ``read_memory``. ``affinity`` (from ``affinity``) may be
+        passed when the keys are known not to change (the fused encoder's keys do not depend on the mask:
+        gradient correction and cycle-ERF reuse it)."""
         if features is None:
             features = self.encode_frame(frame)
         B, O = values.shape[:2]
@@ -446,5 +451,5 @@ class CycleVOSNet(nn.Module):
         else:
             readout = self.read_memory(keys, values, features.key, valid)  # (B, O, Cv, hw)
         readout = readout.reshape(B * O, -1, h, w).to(features.key.dtype)  # (B*O, Cv, h, w)
-        logits = self.decoder(readout, tuple(per_object(t, O) for t in features.decoder_part))  # (B*O, H, W)
+        logits = self.decoder(readout, tuple(per_object(t, O) for t in features.decoder_part), upsample)  # (B*O, H, W)
         return logits.view(B, O, *logits.shape[-2:])

@@ -7,7 +7,7 @@ from PIL import Image
 
 from comfyui_cyclevos.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
 from comfyui_cyclevos.config import CorrectionConfig, CycleERFConfig
-from comfyui_cyclevos.correction import gradient_correct, normalize_objects
+from comfyui_cyclevos.correction import gradient_correct, loss_target, normalize_objects
 from comfyui_cyclevos.cycle_erf import compute_cycle_erf, cycle_erf_map
 from comfyui_cyclevos.filters import gaussian_blur
 from comfyui_cyclevos.davis import read_label_png, sequence_paths
@@ -28,6 +28,17 @@ def shipped():
     path = default_weights_path()
     assert path.is_file(), f"{path} is missing: the shipped weights are part of the repository"
     return load_checkpoint(path), float(checkpoint_meta(path)["gc_rate"])
+
+
+def test_loss_target_is_each_cells_covered_share():
+    """Eq. 4 is taken where the decoder predicts (1/4): the reference mask becomes the share of each 4x4
+    cell that it covers."""
+    m = torch.zeros(1, 2, 8, 12)
+    m[0, 0, :2, :4] = 1  # half of the first cell
+    m[0, 1, 4:, 8:] = 1  # all of the last one
+    want = torch.zeros(1, 2, 2, 3)
+    want[0, 0, 0, 0], want[0, 1, 1, 2] = 0.5, 1.0
+    assert torch.equal(loss_target(m), want)
 
 
 def test_correction_runs_inside_inference_mode_and_stays_in_range(random_net):

@@ -45,6 +45,20 @@ def test_decoder_split_matches_stm_input_and_one_frame_broadcasts_over_objects()
     assert torch.allclose(logits[0], y, atol=1e-5)
 
 
+def test_segment_without_upsampling_gives_the_decoder_s_own_logits():
+    """The logits at 1/4 that gradient correction and cycle-ERF compare are those the full-size ones are
+    bilinearly upsampled from."""
+    torch.manual_seed(0)
+    net = CycleVOSNet().eval()
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        f = net.encode_frame(x)
+        k, v = net.memory_of(*net.memorize(x, torch.rand(1, 2, 32, 48), f))
+        small, full = net.segment(x, k, v, f, upsample=False), net.segment(x, k, v, f)
+    assert small.shape == (1, 2, 8, 12) and full.shape == (1, 2, 32, 48)
+    assert torch.allclose(torch.nn.functional.interpolate(small, scale_factor=4, mode="bilinear"), full, atol=1e-6)
+
+
 def test_memorize_without_features_matches_with_features():
     torch.manual_seed(0)
     net = CycleVOSNet().eval()

@@ -100,8 +100,11 @@ def test_correction_loss_is_summed_over_objects(net):
     target = torch.stack([torch.from_numpy(labels[0] == i) for i in range(1, 4)])[None].float()
     with torch.no_grad():
         f, rf = net.encode_frame(x), net.encode_frame(rx)
+        target = correction_module.loss_target(target)  # Eq. 4 where the decoder predicts, at 1/4
         loss = correction_module.reconstruction_loss(net, masks, x, f, rx, rf, target, 1.0)
-        pred = soft_aggregate(torch.sigmoid(correction_module.reconstruction_logits(net, masks, x, f, rx, rf)))[:, 1:]
+        logits = correction_module.reconstruction_logits(net, masks, x, f, rx, rf, upsample=False)
+        pred = soft_aggregate(torch.sigmoid(logits))[:, 1:]
+    assert pred.shape[-2:] == (x.shape[-2] // 4, x.shape[-1] // 4)
     per_object = [mask_loss(pred[:, i : i + 1], target[:, i : i + 1], 1.0) for i in range(3)]
     assert torch.allclose(loss, sum(per_object), rtol=1e-4)
 
