@@ -59,6 +59,28 @@ def test_segment_without_upsampling_gives_the_decoder_s_own_logits():
     assert torch.allclose(torch.nn.functional.interpolate(small, scale_factor=4, mode="bilinear"), full, atol=1e-6)
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_single_object_is_memorised_as_with_an_empty_second_channel(frozen):
+    """One object's second mask channel (the other objects) is empty, so memorize feeds the mask alone to
+    the first convolution: the value must equal the two-channel one, and so must its gradient."""
+    torch.manual_seed(0)
+    net = CycleVOSNet().eval()
+    if frozen:
+        net.for_inference()
+    x = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        f = net.encode_frame(x)
+    m = torch.rand(2, 1, 32, 48, requires_grad=True)
+    value = net.memorize(x, m, f)[1]  # (2, 1, Cv, h, w)
+    both = torch.cat([m, torch.zeros_like(m)], 1)  # (2, 2, H, W): [mask, no other object]
+    want = net.mask_encoder(both, f.image_part)
+    assert torch.allclose(value[:, 0], want, atol=1e-5)
+    g = torch.randn_like(want)
+    (got,) = torch.autograd.grad(value[:, 0], m, g)
+    (ref,) = torch.autograd.grad(want, m, g)
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
 def test_memorize_without_features_matches_with_features():
     torch.manual_seed(0)
     net = CycleVOSNet().eval()
