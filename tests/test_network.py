@@ -24,6 +24,11 @@ def test_shapes_through_memorize_and_segment():
         assert logits.shape == (2, 3, 64, 96)
 
 
+def _one_frame_memory(net, x, f, objects):
+    """Keys and values of frame x memorised with random masks of ``objects`` objects."""
+    return net.memory_of(*net.memorize(x, torch.rand(1, objects, *x.shape[-2:]), f))
+
+
 def test_decoder_split_matches_stm_input_and_one_frame_broadcasts_over_objects():
     """The decoder's first convolution over [readout, value] is split into a per-object readout term and
     a per-frame value term; a one-frame batch's terms broadcast over its objects instead of being copied."""
@@ -32,7 +37,7 @@ def test_decoder_split_matches_stm_input_and_one_frame_broadcasts_over_objects()
     x = torch.rand(1, 3, 32, 48)
     with torch.no_grad():
         f = net.encode_frame(x)
-        k, v = net.memory_of(*net.memorize(x, torch.rand(1, 3, 32, 48), f))
+        k, v = _one_frame_memory(net, x, f, 3)
         logits = net.segment(x, k, v, f)  # (1, 3, H, W), broadcast frame terms
         dec = net.decoder
         readout = net.read(net.affinity(k, f.key), v).reshape(3, -1, 2, 3)
@@ -46,14 +51,14 @@ def test_decoder_split_matches_stm_input_and_one_frame_broadcasts_over_objects()
 
 
 def test_segment_without_upsampling_gives_the_decoder_s_own_logits():
-    """The logits at 1/4 that gradient correction and cycle-ERF compare are those the full-size ones are
-    bilinearly upsampled from."""
+    """The logits at 1/4 that gradient correction compares are those the full-size ones are bilinearly
+    upsampled from."""
     torch.manual_seed(0)
     net = CycleVOSNet().eval()
     x = torch.rand(1, 3, 32, 48)
     with torch.no_grad():
         f = net.encode_frame(x)
-        k, v = net.memory_of(*net.memorize(x, torch.rand(1, 2, 32, 48), f))
+        k, v = _one_frame_memory(net, x, f, 2)
         small, full = net.segment(x, k, v, f, upsample=False), net.segment(x, k, v, f)
     assert small.shape == (1, 2, 8, 12) and full.shape == (1, 2, 32, 48)
     assert torch.allclose(torch.nn.functional.interpolate(small, scale_factor=4, mode="bilinear"), full, atol=1e-6)
@@ -92,8 +97,8 @@ def test_memorize_without_features_matches_with_features():
 
 
 def _two_frame_memory(net, x, f, objects=3):
-    k1, v1 = net.memory_of(*net.memorize(x, torch.rand(1, objects, 32, 48), f))
-    k2, v2 = net.memory_of(*net.memorize(x, torch.rand(1, objects, 32, 48), f))
+    k1, v1 = _one_frame_memory(net, x, f, objects)
+    k2, v2 = _one_frame_memory(net, x, f, objects)
     return torch.cat([k1, k2], -1), torch.cat([v1, v2], -1), v1.shape[-1]
 
 
