@@ -1,6 +1,6 @@
 """Peak memory of the engine on a short and a long generated video: it must not grow with the length.
 
-    python benchmarks/memory.py [--weights PATH] [--short 150] [--long 1200]
+    python benchmarks/memory.py [--weights PATH] [--short 150] [--long 1200] [--host-allocator]
 
 Each length runs in its own process (peak RSS is per process); frames are generated one at a time at
 427x240 (a textured background with two moving objects), so the video itself never sits in memory.
@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import ALLOCATOR_HELP, machine, set_allocator
+
 
 def frame(t: int, H: int = 240, W: int = 427) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
@@ -31,7 +33,8 @@ def frame(t: int, H: int = 240, W: int = 427) -> tuple[np.ndarray, np.ndarray]:
     return bg, ids
 
 
-def child(weights: str | None, n: int) -> None:
+def child(weights: str | None, n: int, host_allocator: bool) -> None:
+    set_allocator(host_allocator)
     from comfyui_cyclevos.checkpoint import default_weights_path, load_checkpoint
     from comfyui_cyclevos.propagate import InferenceCore
 
@@ -51,15 +54,17 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--short", type=int, default=150)
     ap.add_argument("--long", type=int, default=1200)
+    ap.add_argument("--host-allocator", action="store_true", help=ALLOCATOR_HELP)
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child is not None:
-        return child(a.weights, a.child)
+        return child(a.weights, a.child, a.host_allocator)
+    set_allocator(a.host_allocator)  # for the line printed: each child sets its own
     res = []
     for n in (a.short, a.long):
         cmd = [sys.executable, __file__, "--child", str(n)] + (["--weights", a.weights] if a.weights else [])
+        cmd += ["--host-allocator"] if a.host_allocator else []
         res.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]))
-    from machine import machine
 
     s, l = res
     growth = l["peak_mb"] / s["peak_mb"] - 1

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from precision_emulation import DTYPES, rounded_convolutions
-from machine import machine
+from machine import ALLOCATOR_HELP, machine, set_allocator
 
 from comfyui_cyclevos.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
 from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
@@ -62,7 +62,9 @@ def main() -> None:
     ap.add_argument("--size", default="240", help="comma-separated processing sizes: a line each")
     ap.add_argument("--emulate", choices=sorted(DTYPES), default=None,
                     help="round every convolution to bf16 or fp16 in float32 (precision_emulation.py): their quality where they do not run")
+    ap.add_argument("--host-allocator", action="store_true", help=ALLOCATOR_HELP)
     a = ap.parse_args()
+    set_allocator(a.host_allocator)
     with rounded_convolutions(a.emulate) if a.emulate else contextlib.nullcontext():
         run(a)
 

@@ -1,6 +1,6 @@
 """Frames per second at 240p for 1 and 5 objects, with and without gradient correction, in one run.
 
-    python benchmarks/speed.py [--weights PATH] [--frames 60] [--device auto]
+    python benchmarks/speed.py [--weights PATH] [--frames 60] [--device auto] [--host-allocator]
     python benchmarks/speed.py --arch lite0,resnet18,resnet50     # architectures side by side
     python benchmarks/speed.py --trainable                       # also the weights as loaded for training
 
@@ -9,7 +9,8 @@ shipped widths, the ResNets as the paper's STM (key 128, value 512, decoder 256)
 
 Uses the bundled demo clip (426x240); the 5-object case splits its mask into 5 vertical bands. Times the
 engine's ``step`` only (decoding and writing excluded), after 3 warm-up frames; with and without
-correction step alternately.
+correction step alternately. Freed memory is kept as the ``cyclevos`` command keeps it
+(``allocator.keep_freed_memory``); ``--host-allocator`` leaves glibc's defaults, as in ComfyUI.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from machine import machine
+from machine import ALLOCATOR_HELP, machine, set_allocator
 
 from comfyui_cyclevos.checkpoint import default_weights_path, load_checkpoint
 from comfyui_cyclevos.cli import demo_clip
@@ -78,7 +79,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", help="comma-separated: auto, fp32, bf16, fp16")
     ap.add_argument("--trainable", action="store_true", help="also time the checkpoint as loaded for training (batch norm kept, weights trainable), first")
+    ap.add_argument("--host-allocator", action="store_true", help=ALLOCATOR_HELP)
     a = ap.parse_args()
+    set_allocator(a.host_allocator)
     if a.frames < 5:
         ap.error(f"--frames {a.frames} leaves nothing to time after the first frame and 3 warm-up frames: give at least 5")
     device = pick_device(a.device)

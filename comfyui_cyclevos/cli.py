@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from .allocator import keep_freed_memory
 from .config import CorrectionConfig, MemoryConfig
 from .errors import CycleVOSError
 
@@ -81,6 +82,7 @@ def main():
 
     Give a video and a mask of the objects on its first frame; cyclevos follows them through the video.
     """
+    keep_freed_memory()  # this process is cyclevos's own: its big tensors need not fault in again
 
 
 def parse_keyframes(values: tuple[str, ...], mask_frame: int) -> dict[int, str]:
