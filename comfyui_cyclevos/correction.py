@@ -213,7 +213,7 @@ def correct_sequence(
         raise InputError("the reference mask is empty: the reference frame needs the object drawn on it")
     device = device or next(net.parameters()).device
     precision = precision or Precision(device)
-    net = net.eval()
+    net = precision.network(net.eval())
     geo = Geometry.for_frame(H, W, size)
     out = m_all.detach().cpu().clone().clamp_(0, 1)
     todo = [t for t in range(T) if t != reference_index and abs(t - reference_index) % every == 0]

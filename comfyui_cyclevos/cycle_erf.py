@@ -41,6 +41,7 @@ def cycle_erf_map(
     ReLU'd and smoothed. Runs under ``precision``'s autocast, as gradient correction; the mask being
     descended stays float32."""
     precision = precision or Precision(ref_x.device)
+    net = precision.network(net)
     with torch.inference_mode(False), torch.enable_grad(), precision.autocast():
         ref_x, target_x, target_mask = plain(ref_x), plain(target_x), plain(target_mask)
         with torch.no_grad():

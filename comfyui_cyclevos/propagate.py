@@ -71,11 +71,12 @@ class InferenceCore:
 
     def __init__(self, net: CycleVOSNet, config: InferenceConfig | None = None, device: torch.device | None = None,
                  precision: Precision | None = None):
-        with torch.inference_mode(False):  # weights stay ordinary tensors: correction differentiates through them
-            self.net = net.eval().to(memory_format=torch.channels_last)  # the layout oneDNN/cuDNN convolve fastest
         self.config = config or InferenceConfig()
         self.device = device or next(net.parameters()).device
         self.precision = precision or pick_precision(self.device, self.config.precision)
+        with torch.inference_mode(False):  # weights stay ordinary tensors: correction differentiates through them
+            net = net.eval().to(memory_format=torch.channels_last)  # the layout oneDNN/cuDNN convolve fastest
+        self.net = self.precision.network(net)
         self.reset()
 
     def reset(self) -> None:
