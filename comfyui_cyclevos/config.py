@@ -45,10 +45,10 @@ class CorrectionConfig:
 
     The loss (Eq. 4) is a per-pixel *mean* cross-entropy plus gamma * (1 - soft IoU), so alpha is large.
     alpha is quoted at the paper's N = 10 steps; N steps take alpha * 10 / N each (``correction.step_size``),
-    so one rate keeps the same total correction at any N. Dev J&F depends on the total alpha more than on
-    N: at alpha 120-180 it is 69.9-70.2 for N = 2..5 in fp32, at alpha 100 it falls to 67.9 (N = 4, 5).
-    With bf16 convolutions, larger steps are fragile: N = 3 falls to 68.4 at alpha 180 (70.1 at 150) where
-    N = 4 and 5 hold (70.2, 70.1). N = 4 costs 40 % of the paper's 10 steps with that margin.
+    so one rate keeps the same total correction at any N. Dev J&F (fp32) is 70.0-70.3 above a cliff in
+    alpha and about 68 below it; the cliff lies between 100 and 120 for N = 4 and 5 and between 120 and 135
+    for N = 2 and 3. With bf16 convolutions N = 3 also falls at alpha 165-180 (68.3, 68.5) where N = 4
+    holds (70.2). N = 4 costs 40 % of the paper's 10 steps with a margin on both sides of alpha = 150.
     """
 
     enabled: bool = True
