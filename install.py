@@ -4,6 +4,7 @@ torch is never installed, upgraded or downgraded: it is not in requirements.txt,
 installed, and pip runs with a constraint that pins the torch already present (if any), so no dependency
 resolution can replace ComfyUI's torch.
 """
+
 import importlib.util
 import os
 import re

@@ -8,6 +8,7 @@ maps, and J&F again with STM's memory of probabilities (``MemoryConfig(hard=Fals
 Table 4: J&F with the reference sets {X_1}, {X_t-1}, {X_1, X_t-1} and the memory schedule (MEM), for
 baseline and cyclic, without correction. Prints both tables as markdown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,10 +17,10 @@ from pathlib import Path
 from machine import machine
 from quality import DEV, score
 
-from comfyui_cyclevos.checkpoint import checkpoint_meta, load_checkpoint
 from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
-from comfyui_cyclevos.davis import list_sequences
-from comfyui_cyclevos.device import pick_device
+from comfyui_cyclevos.media.davis import list_sequences
+from comfyui_cyclevos.model.checkpoint import checkpoint_meta, load_checkpoint
+from comfyui_cyclevos.runtime.device import pick_device
 
 REFERENCE_SETS = {
     "{X_1}": MemoryConfig(use_previous=False, use_every_k=False),
@@ -44,8 +45,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     a = ap.parse_args()
     device = pick_device(a.device)
-    nets = {name: (load_checkpoint(p, device), float(checkpoint_meta(p).get("gc_rate", CorrectionConfig.alpha)))
-            for name, p in (("baseline", a.baseline), ("cyclic", a.cyclic))}
+    nets = {
+        name: (load_checkpoint(p, device), float(checkpoint_meta(p).get("gc_rate", CorrectionConfig.alpha)))
+        for name, p in (("baseline", a.baseline), ("cyclic", a.cyclic))
+    }
     t3 = {}
     for name, (net, alpha) in nets.items():
         for gc in (False, True):
@@ -53,8 +56,12 @@ def main() -> None:
             t3[name, gc, "soft"] = run(net, a.data, MemoryConfig(hard=False), gc, alpha, device)
     print(f"Table 3 (dev, {len(list_sequences(a.data))} sequences; {machine()})\n")
     print("| | J | F | J&F | J&F, memory of probabilities |\n|---|---|---|---|---|")
-    for label, key in (("baseline", ("baseline", False)), ("+ cyclic", ("cyclic", False)),
-                       ("+ GC", ("baseline", True)), ("+ both", ("cyclic", True))):
+    for label, key in (
+        ("baseline", ("baseline", False)),
+        ("+ cyclic", ("cyclic", False)),
+        ("+ GC", ("baseline", True)),
+        ("+ both", ("cyclic", True)),
+    ):
         j, f, jf = t3[key]
         print(f"| {label} | {j:.1f} | {f:.1f} | {jf:.1f} | {t3[key + ('soft',)][2]:.1f} |")
     print("\nTable 4 (J&F, no correction)\n")

@@ -8,6 +8,7 @@ Then the cost of the default report: the share of the engine's time spent scorin
 schedule's frames, correction on) on each sequence. Needs the DAVIS-2016 dev sequences beside the repo
 (../shared/data).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from machine import machine
 
-from comfyui_cyclevos.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
 from comfyui_cyclevos.config import ConfidenceConfig, CorrectionConfig, InferenceConfig
-from comfyui_cyclevos.davis import list_sequences, load_sequence
-from comfyui_cyclevos.device import pick_device
-from comfyui_cyclevos.metrics import jaccard
-from comfyui_cyclevos.propagate import InferenceCore
+from comfyui_cyclevos.evaluation.metrics import jaccard
+from comfyui_cyclevos.inference.engine import InferenceCore
+from comfyui_cyclevos.media.davis import list_sequences, load_sequence
+from comfyui_cyclevos.model.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
+from comfyui_cyclevos.runtime.device import pick_device
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016" / "dev-480p"
 
@@ -79,8 +79,11 @@ def main() -> None:
     names = list_sequences(a.data)
     data = {n: load_sequence(a.data, n) for n in names}
     for mode in a.reference.split(","):
-        config = InferenceConfig(precision=a.precision, correction=CorrectionConfig(enabled=a.gc, alpha=alpha),
-                                 confidence=ConfidenceConfig(enabled=True, every=1, reference=mode))
+        config = InferenceConfig(
+            precision=a.precision,
+            correction=CorrectionConfig(enabled=a.gc, alpha=alpha),
+            confidence=ConfidenceConfig(enabled=True, every=1, reference=mode),
+        )
         pooled_s, pooled_j, per_seq = [], [], []
         for n in names:
             s, j, _, _ = run(net, *data[n], config, device)
@@ -89,9 +92,12 @@ def main() -> None:
             pooled_j += j
         s, j = np.array(pooled_s), np.array(pooled_j)
         low = j[s <= np.quantile(s, 0.1)]
-        print(f"confidence {a.data.name} ({weights.name}, reference {mode}{', GC' if a.gc else ''}): pooled Spearman "
-              f"{spearman(s, j):.3f} over {len(s)} frame-objects; true J of the 10% lowest-scored {low.mean():.3f} "
-              f"vs all {j.mean():.3f}; per sequence: {', '.join(per_seq)} | {machine()}", flush=True)
+        print(
+            f"confidence {a.data.name} ({weights.name}, reference {mode}{', GC' if a.gc else ''}): pooled Spearman "
+            f"{spearman(s, j):.3f} over {len(s)} frame-objects; true J of the 10% lowest-scored {low.mean():.3f} "
+            f"vs all {j.mean():.3f}; per sequence: {', '.join(per_seq)} | {machine()}",
+            flush=True,
+        )
 
     spent = [0.0]
     real = InferenceCore._score
@@ -103,14 +109,20 @@ def main() -> None:
         return out
 
     InferenceCore._score = timed
-    config = InferenceConfig(precision=a.precision, correction=CorrectionConfig(enabled=True, alpha=alpha),
-                             confidence=ConfidenceConfig(enabled=True))
+    config = InferenceConfig(
+        precision=a.precision,
+        correction=CorrectionConfig(enabled=True, alpha=alpha),
+        confidence=ConfidenceConfig(enabled=True),
+    )
     total = 0.0
     for n in names:
         total += run(net, *data[n], config, device)[2]
     InferenceCore._score = real
-    print(f"confidence cost ({weights.name}, correction on, default schedule): {100 * spent[0] / total:.1f} % of the "
-          f"engine's time scoring | {machine()}", flush=True)
+    print(
+        f"confidence cost ({weights.name}, correction on, default schedule): {100 * spent[0] / total:.1f} % of the "
+        f"engine's time scoring | {machine()}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

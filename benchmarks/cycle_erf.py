@@ -9,6 +9,7 @@ reference frame's object divided by the mean outside (the higher, the more the m
 object itself), and each raw peak. The two checkpoints should share data, budget and seed, and differ
 only by ``--no-cyclic``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
-
 from machine import machine
+from PIL import Image, ImageDraw
 from quality import DEV
 
-from comfyui_cyclevos.checkpoint import load_checkpoint
 from comfyui_cyclevos.config import CycleERFConfig
-from comfyui_cyclevos.cycle_erf import compute_cycle_erf, heatmap_overlay, outline
-from comfyui_cyclevos.davis import list_sequences, load_sequence
+from comfyui_cyclevos.cycle.erf import compute_cycle_erf, heatmap_overlay, outline
+from comfyui_cyclevos.media.davis import list_sequences, load_sequence
+from comfyui_cyclevos.model.checkpoint import load_checkpoint
 
 PANEL_WIDTH = 320
 
@@ -75,7 +75,9 @@ def main() -> None:
         for i, p in enumerate(panels):
             row.paste(p, (i * PANEL_WIDTH, 0))
         rows.append(row)
-        print(f"| {seq} | {ratios['baseline'][-1]:.2f} | {ratios['cyclic'][-1]:.2f} | {peaks['baseline']:.3g} | {peaks['cyclic']:.3g} |")
+        print(
+            f"| {seq} | {ratios['baseline'][-1]:.2f} | {ratios['cyclic'][-1]:.2f} | {peaks['baseline']:.3g} | {peaks['cyclic']:.3g} |"
+        )
     print(f"| mean | {np.mean(ratios['baseline']):.2f} | {np.mean(ratios['cyclic']):.2f} | | |")
     if args.out is not None:
         fig = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), (255, 255, 255))

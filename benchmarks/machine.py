@@ -1,4 +1,5 @@
 """The machine a benchmark ran on, and its allocator, for the one line each benchmark prints."""
+
 from __future__ import annotations
 
 import os
@@ -6,10 +7,12 @@ import platform
 
 import torch
 
-from comfyui_cyclevos.allocator import keep_freed_memory
+from comfyui_cyclevos.runtime.allocator import keep_freed_memory
 
-ALLOCATOR_HELP = ("leave glibc's allocator as it is, as in a host process such as ComfyUI (by default freed memory "
-                  "is kept, as the cyclevos command does for itself)")
+ALLOCATOR_HELP = (
+    "leave glibc's allocator as it is, as in a host process such as ComfyUI (by default freed memory "
+    "is kept, as the cyclevos command does for itself)"
+)
 _allocator = "host allocator"
 
 

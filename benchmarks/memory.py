@@ -5,6 +5,7 @@
 Each length runs in its own process (peak RSS is per process); frames are generated one at a time at
 427x240 (a textured background with two moving objects), so the video itself never sits in memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,9 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-
 from machine import ALLOCATOR_HELP, machine, set_allocator
 
 
@@ -35,8 +34,8 @@ def frame(t: int, H: int = 240, W: int = 427) -> tuple[np.ndarray, np.ndarray]:
 
 def child(weights: str | None, n: int, host_allocator: bool) -> None:
     set_allocator(host_allocator)
-    from comfyui_cyclevos.checkpoint import default_weights_path, load_checkpoint
-    from comfyui_cyclevos.propagate import InferenceCore
+    from comfyui_cyclevos.inference.engine import InferenceCore
+    from comfyui_cyclevos.model.checkpoint import default_weights_path, load_checkpoint
 
     net = load_checkpoint(weights or default_weights_path())
     eng = InferenceCore(net)
@@ -46,7 +45,11 @@ def child(weights: str | None, n: int, host_allocator: bool) -> None:
             f, ids = frame(t)
             eng.step(f, ids if t == 0 else None)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"frames": n, "peak_mb": peak_mb, "memory_entries": len(eng.memory), "seconds": time.perf_counter() - t0}))
+    print(
+        json.dumps(
+            {"frames": n, "peak_mb": peak_mb, "memory_entries": len(eng.memory), "seconds": time.perf_counter() - t0}
+        )
+    )
 
 
 def main() -> None:
@@ -64,12 +67,16 @@ def main() -> None:
     for n in (a.short, a.long):
         cmd = [sys.executable, __file__, "--child", str(n)] + (["--weights", a.weights] if a.weights else [])
         cmd += ["--host-allocator"] if a.host_allocator else []
-        res.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]))
+        res.append(
+            json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        )
 
     s, l = res
     growth = l["peak_mb"] / s["peak_mb"] - 1
-    print(f"memory 427x240, 2 objects, correction on: {s['frames']} frames peak {s['peak_mb']:.0f} MB, "
-          f"{l['frames']} frames peak {l['peak_mb']:.0f} MB (growth {growth * 100:+.1f}%, memory entries {s['memory_entries']} vs {l['memory_entries']}) | {machine()}")
+    print(
+        f"memory 427x240, 2 objects, correction on: {s['frames']} frames peak {s['peak_mb']:.0f} MB, "
+        f"{l['frames']} frames peak {l['peak_mb']:.0f} MB (growth {growth * 100:+.1f}%, memory entries {s['memory_entries']} vs {l['memory_entries']}) | {machine()}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ float32 (the engine keeps affinities, masks and losses in float32 under autocast
 read's rounding is left out), so this approximates ``--precision bf16|fp16``: for bf16 on dev it gave 67.6
 without correction and 69.9 at N = 5, where real bf16 on an AVX-512 BF16 CPU gave 67.6 and 70.0.
 """
+
 from __future__ import annotations
 
 import contextlib

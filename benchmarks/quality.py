@@ -11,6 +11,7 @@
 Needs the DAVIS-2016 dev sequences beside the repo (../shared/data). Prints one line (a line per rate
 with --sweep: how the shipped rate was chosen).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,17 +20,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-from precision_emulation import DTYPES, rounded_convolutions
 from machine import ALLOCATOR_HELP, machine, set_allocator
+from precision_emulation import DTYPES, rounded_convolutions
 
-from comfyui_cyclevos.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
 from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
-from comfyui_cyclevos.davis import list_sequences
-from comfyui_cyclevos.device import pick_device
-from comfyui_cyclevos.evaluate import evaluate_folders
-from comfyui_cyclevos.precision import pick_precision
+from comfyui_cyclevos.evaluation.evaluate import evaluate_folders
+from comfyui_cyclevos.media.davis import list_sequences
+from comfyui_cyclevos.model.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
 from comfyui_cyclevos.runner import segment_davis
+from comfyui_cyclevos.runtime.device import pick_device
+from comfyui_cyclevos.runtime.precision import pick_precision
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016" / "dev-480p"
 
@@ -43,10 +43,20 @@ def score(net, data: Path, cfg: InferenceConfig, device) -> tuple[float, float, 
     return ev.j_mean, ev.f_mean, ev.jf_mean, stats.fps
 
 
-def gc_config(enabled: bool, alpha: float, hard_memory: bool = True, precision: str = "auto", size: int = 240,
-              steps: int = CorrectionConfig.N) -> InferenceConfig:
-    return InferenceConfig(size=size, precision=precision, memory=MemoryConfig(hard=hard_memory),
-                           correction=CorrectionConfig(enabled=enabled, alpha=alpha, N=steps))
+def gc_config(
+    enabled: bool,
+    alpha: float,
+    hard_memory: bool = True,
+    precision: str = "auto",
+    size: int = 240,
+    steps: int = CorrectionConfig.N,
+) -> InferenceConfig:
+    return InferenceConfig(
+        size=size,
+        precision=precision,
+        memory=MemoryConfig(hard=hard_memory),
+        correction=CorrectionConfig(enabled=enabled, alpha=alpha, N=steps),
+    )
 
 
 def main() -> None:
@@ -57,11 +67,19 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--sweep", default=None, help="comma-separated correction rates to compare")
     ap.add_argument("--sweep-steps", default=str(CorrectionConfig.N), help="with --sweep: comma-separated steps N")
-    ap.add_argument("--soft-memory", action="store_true", help="memorise probabilities, not label maps (MemoryConfig.hard=False)")
-    ap.add_argument("--precision", default="auto", help="comma-separated precisions (auto, fp32, bf16, fp16): a line each")
+    ap.add_argument(
+        "--soft-memory", action="store_true", help="memorise probabilities, not label maps (MemoryConfig.hard=False)"
+    )
+    ap.add_argument(
+        "--precision", default="auto", help="comma-separated precisions (auto, fp32, bf16, fp16): a line each"
+    )
     ap.add_argument("--size", default="240", help="comma-separated processing sizes: a line each")
-    ap.add_argument("--emulate", choices=sorted(DTYPES), default=None,
-                    help="round every convolution to bf16 or fp16 in float32 (precision_emulation.py): their quality where they do not run")
+    ap.add_argument(
+        "--emulate",
+        choices=sorted(DTYPES),
+        default=None,
+        help="round every convolution to bf16 or fp16 in float32 (precision_emulation.py): their quality where they do not run",
+    )
     ap.add_argument("--host-allocator", action="store_true", help=ALLOCATOR_HELP)
     a = ap.parse_args()
     set_allocator(a.host_allocator)
@@ -78,10 +96,15 @@ def run(a: argparse.Namespace) -> None:
         for steps in (int(x) for x in a.sweep_steps.split(",")):
             for alpha in (float(x) for x in a.sweep.split(",")):
                 j, f, jf, fps = score(net, a.data, gc_config(True, alpha, not a.soft_memory, steps=steps), device)
-                print(f"quality {a.data.name} with GC N {steps} alpha {alpha:g}{' soft memory' if a.soft_memory else ''}{emulated}: "
-                      f"J {j:.3f} F {f:.3f} J&F {jf:.3f} ({fps:.1f} fps)", flush=True)
+                print(
+                    f"quality {a.data.name} with GC N {steps} alpha {alpha:g}{' soft memory' if a.soft_memory else ''}{emulated}: "
+                    f"J {j:.3f} F {f:.3f} J&F {jf:.3f} ({fps:.1f} fps)",
+                    flush=True,
+                )
         return
-    alpha = a.gc_rate if a.gc_rate is not None else float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.alpha))
+    alpha = (
+        a.gc_rate if a.gc_rate is not None else float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.alpha))
+    )
     for precision in a.precision.split(","):
         for size in (int(x) for x in a.size.split(",")):
             name = pick_precision(device, precision).name
@@ -93,6 +116,7 @@ def run(a: argparse.Namespace) -> None:
                 f"with GC (alpha {alpha:g}{', soft memory' if a.soft_memory else ''}) J {on[0]:.3f} F {on[1]:.3f} J&F {on[2]:.3f} ({on[3]:.1f} fps) | {machine()}",
                 flush=True,
             )
+
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ engine's ``step`` only (decoding and writing excluded), after 3 warm-up frames; 
 correction step alternately. Freed memory is kept as the ``cyclevos`` command keeps it
 (``allocator.keep_freed_memory``); ``--host-allocator`` leaves glibc's defaults, as in ComfyUI.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from machine import ALLOCATOR_HELP, machine, set_allocator
 
-from comfyui_cyclevos.checkpoint import default_weights_path, load_checkpoint
-from comfyui_cyclevos.cli import demo_clip
 from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, ModelConfig
-from comfyui_cyclevos.network import CycleVOSNet
-from comfyui_cyclevos.device import pick_device
-from comfyui_cyclevos.precision import pick_precision
-from comfyui_cyclevos.propagate import InferenceCore
-from comfyui_cyclevos.video_io import open_frames, read_mask
+from comfyui_cyclevos.demo import demo_clip
+from comfyui_cyclevos.inference.engine import InferenceCore
+from comfyui_cyclevos.media.frames import open_frames
+from comfyui_cyclevos.media.masks import read_mask
+from comfyui_cyclevos.model.checkpoint import default_weights_path, load_checkpoint
+from comfyui_cyclevos.model.network import CycleVOSNet
+from comfyui_cyclevos.runtime.device import pick_device
+from comfyui_cyclevos.runtime.precision import pick_precision
 
 
 def five_objects(mask: np.ndarray) -> np.ndarray:
@@ -48,8 +49,10 @@ def fps_without_and_with_gc(net, frames, mask, device, precision: str, warmup: i
     """Frames per second of the engine without and with gradient correction. The two engines step
     alternately, frame by frame, so that this VM's drift (up to a third between runs) falls on both
     alike and the slowdown compares like with like."""
-    engines = [InferenceCore(net, InferenceConfig(precision=precision, correction=CorrectionConfig(enabled=gc)), device)
-               for gc in (False, True)]
+    engines = [
+        InferenceCore(net, InferenceConfig(precision=precision, correction=CorrectionConfig(enabled=gc)), device)
+        for gc in (False, True)
+    ]
     seconds = [0.0, 0.0]
     for i, frame in enumerate(frames):
         for j, eng in enumerate(engines):
@@ -78,12 +81,18 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", help="comma-separated: auto, fp32, bf16, fp16")
-    ap.add_argument("--trainable", action="store_true", help="also time the checkpoint as loaded for training (batch norm kept, weights trainable), first")
+    ap.add_argument(
+        "--trainable",
+        action="store_true",
+        help="also time the checkpoint as loaded for training (batch norm kept, weights trainable), first",
+    )
     ap.add_argument("--host-allocator", action="store_true", help=ALLOCATOR_HELP)
     a = ap.parse_args()
     set_allocator(a.host_allocator)
     if a.frames < 5:
-        ap.error(f"--frames {a.frames} leaves nothing to time after the first frame and 3 warm-up frames: give at least 5")
+        ap.error(
+            f"--frames {a.frames} leaves nothing to time after the first frame and 3 warm-up frames: give at least 5"
+        )
     device = pick_device(a.device)
     if a.arch:
         nets = [(name, CycleVOSNet(architecture(name)).to(device).eval()) for name in a.arch.split(",")]
@@ -107,6 +116,7 @@ def main() -> None:
             f"(GC slowdown {r['5'] / r['5+gc']:.2f}x) | {machine()}",
             flush=True,
         )
+
 
 if __name__ == "__main__":
     main()

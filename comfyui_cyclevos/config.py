@@ -1,4 +1,5 @@
 """Typed hyperparameters with the paper's names and defaults. A checkpoint carries its ModelConfig."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
@@ -28,7 +29,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:

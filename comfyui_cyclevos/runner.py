@@ -1,5 +1,6 @@
 """The whole job behind ``cyclevos segment``: stream a video through the engine and write one palette
 PNG per frame into a folder that appears under its final name only once every frame is written."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,21 +8,24 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from .confidence import suggest_keyframes, write_report
 from .config import InferenceConfig
+from .cycle.confidence import suggest_keyframes, write_report
 from .errors import InputError
-from .mask_edges import EdgeConfig, refine_ids
-from .network import CycleVOSNet
-from .precision import Precision
-from .propagate import InferenceCore, propagate_both_ways
-from .video_io import FrameSource, MaskVideoWriter, OverlayVideoWriter, check_mask, write_palette_png
+from .inference.engine import InferenceCore, propagate_both_ways
+from .inference.objects import check_mask
+from .media.edges import EdgeConfig, refine_ids
+from .media.frames import FrameSource
+from .media.writers import MaskVideoWriter, OverlayVideoWriter, write_palette_png
+from .model.network import CycleVOSNet
+from .runtime.precision import Precision
 
 DONE_FILE = "cyclevos.json"  # written last: its presence marks a complete output folder
 
@@ -57,11 +61,15 @@ def _prepare_out_dir(out: Path) -> Path:
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
     except OSError as e:
-        raise InputError(f"cannot create the output folder {partial} ({e.strerror or e}): choose a writable --out") from None
+        raise InputError(
+            f"cannot create the output folder {partial} ({e.strerror or e}): choose a writable --out"
+        ) from None
     return partial
 
 
-def check_keyframes(keyframes: dict[int, np.ndarray], frame_size: tuple[int, int], frames: int | None = None) -> list[int]:
+def check_keyframes(
+    keyframes: dict[int, np.ndarray], frame_size: tuple[int, int], frames: int | None = None
+) -> list[int]:
     """Check every keyframe's mask against the frame size (and the frame count when known); returns the
     object ids of the earliest one."""
     if not keyframes:
@@ -102,7 +110,10 @@ def segment_frames(
         shape, items = tuple(frames.shape[:3]), enumerate(frames)
     out = torch.zeros(shape, dtype=torch.uint8)
     scores: dict[int, dict[int, float]] = {}
-    make_engine = lambda: InferenceCore(net, config, device, precision)
+
+    def make_engine():
+        return InferenceCore(net, config, device, precision)
+
     for done, (t, frame, labels, frame_scores) in enumerate(propagate_both_ways(make_engine, items, keyframes), 1):
         out[t] = torch.from_numpy(labels)
         if frame_scores:
@@ -154,7 +165,9 @@ def segment_video(
         ov = stack.enter_context(OverlayVideoWriter(overlay_path, source.fps, source.size)) if overlay_path else None
         mv = stack.enter_context(MaskVideoWriter(mask_video_path, source.fps, source.size)) if mask_video_path else None
         indexed = (((i, stem), frame) for i, (stem, frame) in enumerate(source))
-        for (index, stem), frame, ids, frame_scores in propagate_both_ways(lambda: InferenceCore(net, config, device), indexed, keyframes, removals):
+        for (index, stem), frame, ids, frame_scores in propagate_both_ways(
+            lambda: InferenceCore(net, config, device), indexed, keyframes, removals
+        ):
             if frame_scores:
                 scores[index] = frame_scores
             if edges is not None and edges.changes_ids:
@@ -170,12 +183,23 @@ def segment_video(
     seconds = time.perf_counter() - t0
     expected = len(source)
     if written != expected:
-        raise InputError(f"{source.path} yielded {written} of its {expected} frames: the video is truncated or damaged; re-encode it")
+        raise InputError(
+            f"{source.path} yielded {written} of its {expected} frames: the video is truncated or damaged; re-encode it"
+        )
     stats = RunStats(written, objects, seconds)
-    summary = {"input": str(source.path), "frames": written, "objects": objects, "seconds": round(seconds, 3),
-               "fps": round(stats.fps, 3), "keyframes": sorted(keyframes), "mask_frame": start,
-               "removals": {str(k): v for k, v in sorted((removals or {}).items())},
-               "config": asdict(config), "edges": asdict(edges or EdgeConfig()), "model": net.config.to_dict()}
+    summary = {
+        "input": str(source.path),
+        "frames": written,
+        "objects": objects,
+        "seconds": round(seconds, 3),
+        "fps": round(stats.fps, 3),
+        "keyframes": sorted(keyframes),
+        "mask_frame": start,
+        "removals": {str(k): v for k, v in sorted((removals or {}).items())},
+        "config": asdict(config),
+        "edges": asdict(edges or EdgeConfig()),
+        "model": net.config.to_dict(),
+    }
     if config.confidence.enabled:
         summary["suggested_keyframes"] = suggest_keyframes(scores, frames=written)
         summary["scored_frames"] = len(scores)
@@ -200,15 +224,23 @@ def segment_davis(
 ) -> RunStats:
     """Segment DAVIS-layout sequences from their first annotation into ``out_root/SEQ``; the returned
     stats add up the frames and seconds of all sequences."""
-    from .davis import sequence_paths
-    from .video_io import open_frames, read_mask
+    from .media.davis import sequence_paths
+    from .media.frames import open_frames
+    from .media.masks import read_mask
 
     total = RunStats(0, [], 0.0)
     for name in names:
         frame_paths, annotations = sequence_paths(data, name)
         if not annotations:
             raise InputError(f"sequence {name} has no annotation: the first frame's mask is needed")
-        stats = segment_video(net, open_frames(frame_paths[0].parent), {0: read_mask(annotations[0])}, Path(out_root) / name, config, device)
+        stats = segment_video(
+            net,
+            open_frames(frame_paths[0].parent),
+            {0: read_mask(annotations[0])},
+            Path(out_root) / name,
+            config,
+            device,
+        )
         if log is not None:
             log(f"{name}: {stats.frames} frames, {stats.fps:.2f} frames/s")
         total.frames += stats.frames

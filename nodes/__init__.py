@@ -1,6 +1,7 @@
 """ComfyUI nodes of cyclevos (classic node API, category ``cyclevos``): thin adapters from ComfyUI's types to
 the library ``comfyui_cyclevos`` and back, one module per concern. IMAGE is (B, H, W, 3) float32 in 0..1 on
 the CPU and MASK (B, H, W) float32."""
+
 from .model import CycleVOSLoadModel
 from .objects import CycleVOSFirstFrameMask, CycleVOSKeyframe, CycleVOSRefineEdges, CycleVOSSelectObject
 from .output import CycleVOSOverlay, CycleVOSSaveMasks

@@ -6,6 +6,7 @@ Custom types:
   CYCLEVOS_OBJECTS  the objects to follow: (H, W) uint8 maps of object ids on one or more keyframes (``Objects``)
   CYCLEVOS_MASKS    per-object result: (B, H, W) uint8 ids for every frame, the object ids, the cycle scores (``ObjectMasks``)
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..comfyui_cyclevos.errors import InputError
-from ..comfyui_cyclevos.precision import Precision
+from ..comfyui_cyclevos.runtime.precision import Precision
 
 log = logging.getLogger("cyclevos")
 
@@ -26,7 +27,9 @@ CATEGORY = "cyclevos"
 MODEL_FOLDER = "cyclevos"  # ComfyUI's models/cyclevos/
 PACK_ROOT = Path(__file__).resolve().parent.parent
 CORE_ROOT = PACK_ROOT / "comfyui_cyclevos"
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".gif", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"})
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".gif", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
+)
 CHECKPOINT_EXTENSIONS = frozenset({".pt", ".pth"})
 DEFAULT_FPS = 24.0
 
@@ -71,8 +74,9 @@ class _Progress:
     def update(self, done: int, picture=None) -> None:
         """``picture``: a PIL image the progress bar shows (ComfyUI's ("JPEG", image, max size) preview)."""
         if self.bar is not None:
-            self.bar.update_absolute(min(int(done), self.total), self.total,
-                                     None if picture is None else ("JPEG", picture, 512))
+            self.bar.update_absolute(
+                min(int(done), self.total), self.total, None if picture is None else ("JPEG", picture, 512)
+            )
 
 
 def _comfy_device() -> torch.device | None:
@@ -99,7 +103,9 @@ def _show_preview(preview, fps: float) -> dict:
     returns the node's ``ui`` entry that shows it."""
     fp = _folder_paths()
     first = next(iter(preview.thumbnails.values()))
-    folder, name, counter, subfolder, _ = fp.get_save_image_path("cyclevos_preview", fp.get_temp_directory(), *first.size)
+    folder, name, counter, subfolder, _ = fp.get_save_image_path(
+        "cyclevos_preview", fp.get_temp_directory(), *first.size
+    )
     Path(folder).mkdir(parents=True, exist_ok=True)
     filename = f"{name}_{counter:05}_.webp"
     preview.save_webp(Path(folder) / filename, fps)
@@ -138,7 +144,7 @@ def _video_frames(video):
     import io
     import tempfile
 
-    from ..comfyui_cyclevos.video_io import open_frames
+    from ..comfyui_cyclevos.media.frames import open_frames
 
     trim = getattr(video, "get_active_trim_window", None)
     trimmed = trim is not None and tuple(trim()) not in ((0, 0), (0.0, 0.0))
@@ -152,7 +158,9 @@ def _video_frames(video):
             return open_frames(f.name), Path(f.name)
     if hasattr(video, "get_components"):
         return _frames(video.get_components().images, "video"), None
-    raise InputError(f"the video input is a {type(video).__name__}, not ComfyUI's VIDEO: connect LoadVideo or CreateVideo")
+    raise InputError(
+        f"the video input is a {type(video).__name__}, not ComfyUI's VIDEO: connect LoadVideo or CreateVideo"
+    )
 
 
 def _mask_batch(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
@@ -175,8 +183,10 @@ def _fit_to_frames(mask_hw: tuple[int, int], frame_hw: tuple[int, int], name: st
     """A mask drawn at another resolution of the same picture is resized; another shape is an error."""
     (h, w), (H, W) = mask_hw, frame_hw
     if abs(h / w - H / W) > 0.01 * (H / W):
-        raise InputError(f"{name} is {w}x{h} but the frames are {W}x{H} (width x height), another shape: "
-                         "draw the mask on a frame of this video")
+        raise InputError(
+            f"{name} is {w}x{h} but the frames are {W}x{H} (width x height), another shape: "
+            "draw the mask on a frame of this video"
+        )
 
 
 # ----------------------------------------------------------------------------- custom types
@@ -250,12 +260,18 @@ class ObjectMasks:
 
 _MODEL_IN = ("CYCLEVOS_MODEL", {"tooltip": "The network, from CycleVOS Load Model."})
 _FRAMES_IN = ("IMAGE", {"tooltip": "The video's frames as an IMAGE batch (B, H, W, 3), e.g. from CycleVOS Load Video."})
-_SIZE_IN = ("INT", {"default": 240, "min": 0, "max": 4096, "step": 8,
-                    "tooltip": "Processing short side in pixels (240 is the paper's; 0 = the frames' own size). "
-                               "Masks are returned at the frames' size. Larger is slower and needs more memory."})
+_SIZE_IN = (
+    "INT",
+    {
+        "default": 240,
+        "min": 0,
+        "max": 4096,
+        "step": 8,
+        "tooltip": "Processing short side in pixels (240 is the paper's; 0 = the frames' own size). "
+        "Masks are returned at the frames' size. Larger is slower and needs more memory.",
+    },
+)
 
 
 def _int(default, lo, hi, tip, step=1):
     return ("INT", {"default": default, "min": lo, "max": hi, "step": step, "tooltip": tip})
-
-

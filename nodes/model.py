@@ -1,4 +1,5 @@
 """Loading networks: checkpoints from models/cyclevos/ or the pack's weights/, a small cache of loaded ones."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,16 @@ from pathlib import Path
 import torch
 
 from ..comfyui_cyclevos.errors import InputError
-from .common import CATEGORY, CHECKPOINT_EXTENSIONS, CORE_ROOT, MODEL_FOLDER, PACK_ROOT, CycleVOSModel, _comfy_device, _folder_paths
-
+from .common import (
+    CATEGORY,
+    CHECKPOINT_EXTENSIONS,
+    CORE_ROOT,
+    MODEL_FOLDER,
+    PACK_ROOT,
+    CycleVOSModel,
+    _comfy_device,
+    _folder_paths,
+)
 
 # Networks loaded and still referenced (by ComfyUI's output cache or a running node) are found again here;
 # weak values, so that when ComfyUI drops its references (POST /free) the network is freed, not kept by us.
@@ -48,15 +57,24 @@ def _fallback_model_dirs() -> list[Path]:
 
 
 def list_checkpoints() -> list[str]:
-    from ..comfyui_cyclevos.checkpoint import DEFAULT_WEIGHTS
+    from ..comfyui_cyclevos.model.checkpoint import DEFAULT_WEIGHTS
 
     fp = _folder_paths()
     if fp is not None:
         _register_model_folder(fp)
-        names = [n for n in fp.get_filename_list(MODEL_FOLDER) if os.path.splitext(n)[1].lower() in CHECKPOINT_EXTENSIONS]
+        names = [
+            n for n in fp.get_filename_list(MODEL_FOLDER) if os.path.splitext(n)[1].lower() in CHECKPOINT_EXTENSIONS
+        ]
     else:
-        names = sorted({p.name for d in _fallback_model_dirs() if d.is_dir() for p in d.iterdir()
-                        if p.is_file() and p.suffix.lower() in CHECKPOINT_EXTENSIONS})
+        names = sorted(
+            {
+                p.name
+                for d in _fallback_model_dirs()
+                if d.is_dir()
+                for p in d.iterdir()
+                if p.is_file() and p.suffix.lower() in CHECKPOINT_EXTENSIONS
+            }
+        )
     names = sorted(set(names))
     if DEFAULT_WEIGHTS in names:  # the shipped checkpoint first: it is the widget's default
         names.remove(DEFAULT_WEIGHTS)
@@ -78,15 +96,17 @@ def resolve_checkpoint(name: str) -> Path:
     if p.is_absolute() and p.is_file():  # outside ComfyUI (scripts, tests): any path
         return p
     where = "ComfyUI's models/cyclevos/ or the pack's weights/" if fp is not None else "the pack's weights/"
-    raise InputError(f"checkpoint {name!r} not found in {where}: put a cyclevos .pt file there "
-                     "(or convert STM weights with 'cyclevos convert') and refresh")
+    raise InputError(
+        f"checkpoint {name!r} not found in {where}: put a cyclevos .pt file there "
+        "(or convert STM weights with 'cyclevos convert') and refresh"
+    )
 
 
 def _resolve_device(device: str, precision: str):
     """The device, and the precision resolved for it by the library's policy (``auto``: fp16 on CUDA,
     bf16 on CPUs with native bf16, fp32 elsewhere; one it cannot run is an error)."""
-    from ..comfyui_cyclevos.device import pick_device
-    from ..comfyui_cyclevos.precision import pick_precision
+    from ..comfyui_cyclevos.runtime.device import pick_device
+    from ..comfyui_cyclevos.runtime.precision import pick_precision
 
     if device == "auto":
         dev = _comfy_device()
@@ -99,8 +119,8 @@ def _resolve_device(device: str, precision: str):
 def load_model(path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> CycleVOSModel:
     """Load a checkpoint once: later calls with the same file (path, size, mtime), device and precision
     get the same object; a changed file is read again and its stale entries dropped."""
-    from ..comfyui_cyclevos.checkpoint import checkpoint_meta, load_checkpoint
     from ..comfyui_cyclevos.config import CorrectionConfig
+    from ..comfyui_cyclevos.model.checkpoint import checkpoint_meta, load_checkpoint
 
     path = Path(path).resolve()
     dev, precision = _resolve_device(device, precision)
@@ -113,9 +133,13 @@ def load_model(path: str | os.PathLike, device: str = "auto", precision: str = "
         hit = _MODEL_CACHE.get(key)
         if hit is not None:
             return hit
-        for k in [k for k in list(_MODEL_CACHE.keys()) if k[0] == key[0]]:  # the file changed: drop what was read before
+        for k in [
+            k for k in list(_MODEL_CACHE.keys()) if k[0] == key[0]
+        ]:  # the file changed: drop what was read before
             _MODEL_CACHE.pop(k, None)
-        net = load_checkpoint(path, "cpu")  # for inference: weights frozen, correction differentiates w.r.t. the mask only
+        net = load_checkpoint(
+            path, "cpu"
+        )  # for inference: weights frozen, correction differentiates w.r.t. the mask only
         gc_rate = float(checkpoint_meta(path).get("gc_rate", CorrectionConfig.alpha))
         patcher = _model_patcher(net, dev)
         if patcher is None:
@@ -126,10 +150,11 @@ def load_model(path: str | os.PathLike, device: str = "auto", precision: str = "
         return model
 
 
-
 class CycleVOSLoadModel:
-    DESCRIPTION = ("Loads a cyclevos checkpoint from ComfyUI's models/cyclevos/ folder or the pack's weights/ folder. "
-                   "It is loaded once and reused by later runs while the file, device and precision stay the same.")
+    DESCRIPTION = (
+        "Loads a cyclevos checkpoint from ComfyUI's models/cyclevos/ folder or the pack's weights/ folder. "
+        "It is loaded once and reused by later runs while the file, device and precision stay the same."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("CYCLEVOS_MODEL",)
@@ -138,13 +163,25 @@ class CycleVOSLoadModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "checkpoint": (list_checkpoints(), {"tooltip": "A cyclevos .pt checkpoint (models/cyclevos/ or the pack's weights/)."}),
-            "device": (["auto", "cpu", "cuda"], {"default": "auto", "tooltip": "auto: ComfyUI's device if it is a CUDA GPU, else the CPU."}),
-            "precision": (["auto", "fp32", "bf16", "fp16"], {"default": "auto", "tooltip": "Autocast dtype. auto: fp16 on a CUDA GPU, bf16 on CPUs that run it natively, fp32 elsewhere."}),
-        }}
+        return {
+            "required": {
+                "checkpoint": (
+                    list_checkpoints(),
+                    {"tooltip": "A cyclevos .pt checkpoint (models/cyclevos/ or the pack's weights/)."},
+                ),
+                "device": (
+                    ["auto", "cpu", "cuda"],
+                    {"default": "auto", "tooltip": "auto: ComfyUI's device if it is a CUDA GPU, else the CPU."},
+                ),
+                "precision": (
+                    ["auto", "fp32", "bf16", "fp16"],
+                    {
+                        "default": "auto",
+                        "tooltip": "Autocast dtype. auto: fp16 on a CUDA GPU, bf16 on CPUs that run it natively, fp32 elsewhere.",
+                    },
+                ),
+            }
+        }
 
     def load(self, checkpoint, device="auto", precision="auto"):
         return (load_model(resolve_checkpoint(checkpoint), device, precision),)
-
-

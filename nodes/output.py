@@ -1,4 +1,5 @@
 """Results out: an overlay preview and the masks saved to ComfyUI's output folder."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,21 @@ from pathlib import Path
 import torch
 
 from ..comfyui_cyclevos.errors import InputError
-from ..comfyui_cyclevos.video_io import to_uint8
-from .common import (CATEGORY, DEFAULT_FPS, _fit_to_frames, _folder_paths, _frames, _FRAMES_IN, _int, _mask_batch, _output_dir,
-                     _Progress, _resize_nearest)
+from ..comfyui_cyclevos.media.frames import to_uint8
+from .common import (
+    _FRAMES_IN,
+    CATEGORY,
+    DEFAULT_FPS,
+    _fit_to_frames,
+    _folder_paths,
+    _frames,
+    _int,
+    _mask_batch,
+    _output_dir,
+    _Progress,
+    _resize_nearest,
+)
+
 
 class CycleVOSOverlay:
     DESCRIPTION = "The frames with each object tinted in its palette colour and outlined: a preview IMAGE batch."
@@ -25,17 +38,23 @@ class CycleVOSOverlay:
         return {
             "required": {
                 "frames": _FRAMES_IN,
-                "alpha": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Opacity of the tint."}),
+                "alpha": (
+                    "FLOAT",
+                    {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Opacity of the tint."},
+                ),
                 "outline": _int(1, 0, 32, "Outline width in pixels (0 = none)."),
             },
             "optional": {
-                "masks": ("CYCLEVOS_MASKS", {"tooltip": "Per-object result (each object in its own colour). Connect this OR mask."}),
+                "masks": (
+                    "CYCLEVOS_MASKS",
+                    {"tooltip": "Per-object result (each object in its own colour). Connect this OR mask."},
+                ),
                 "mask": ("MASK", {"tooltip": "Any MASK batch (drawn as one object). Connect this OR masks."}),
             },
         }
 
     def draw(self, frames, alpha=0.5, outline=1, masks=None, mask=None):
-        from ..comfyui_cyclevos.video_io import overlay
+        from ..comfyui_cyclevos.media.overlay import overlay
 
         frames = _frames(frames)
         B, H, W, _ = frames.shape
@@ -58,8 +77,10 @@ class CycleVOSOverlay:
 
 
 class CycleVOSSaveMasks:
-    DESCRIPTION = ("Saves the masks in ComfyUI's output folder: a folder of palette PNGs (object ids as palette indices, "
-                   "DAVIS colours, one file per frame) and/or an mp4 of the masks in the same colours.")
+    DESCRIPTION = (
+        "Saves the masks in ComfyUI's output folder: a folder of palette PNGs (object ids as palette indices, "
+        "DAVIS colours, one file per frame) and/or an mp4 of the masks in the same colours."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "save"
     OUTPUT_NODE = True
@@ -71,21 +92,45 @@ class CycleVOSSaveMasks:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "filename_prefix": ("STRING", {"default": "cyclevos/masks",
-                                               "tooltip": "Name of the output, relative to ComfyUI's output folder; a counter is added (prefix_00001_)."}),
-                "save_png": ("BOOLEAN", {"default": True, "tooltip": "Save a folder of palette PNGs, 00000.png, 00001.png, ..."}),
-                "save_video": ("BOOLEAN", {"default": False, "tooltip": "Save an mp4 of the masks in palette colours."}),
-                "fps": ("FLOAT", {"default": DEFAULT_FPS, "min": 0.1, "max": 1000.0, "step": 0.1,
-                                  "tooltip": "Frame rate of the mask video (connect Load Video's fps)."}),
+                "filename_prefix": (
+                    "STRING",
+                    {
+                        "default": "cyclevos/masks",
+                        "tooltip": "Name of the output, relative to ComfyUI's output folder; a counter is added (prefix_00001_).",
+                    },
+                ),
+                "save_png": (
+                    "BOOLEAN",
+                    {"default": True, "tooltip": "Save a folder of palette PNGs, 00000.png, 00001.png, ..."},
+                ),
+                "save_video": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "Save an mp4 of the masks in palette colours."},
+                ),
+                "fps": (
+                    "FLOAT",
+                    {
+                        "default": DEFAULT_FPS,
+                        "min": 0.1,
+                        "max": 1000.0,
+                        "step": 0.1,
+                        "tooltip": "Frame rate of the mask video (connect Load Video's fps).",
+                    },
+                ),
             },
             "optional": {
                 "masks": ("CYCLEVOS_MASKS", {"tooltip": "Per-object result of Propagate. Connect this OR mask."}),
-                "mask": ("MASK", {"tooltip": "Any MASK batch, saved as one object (id 1 where > 0.5). Connect this OR masks."}),
+                "mask": (
+                    "MASK",
+                    {"tooltip": "Any MASK batch, saved as one object (id 1 where > 0.5). Connect this OR masks."},
+                ),
             },
         }
 
-    def save(self, filename_prefix="cyclevos/masks", save_png=True, save_video=False, fps=DEFAULT_FPS, masks=None, mask=None):
-        from ..comfyui_cyclevos.video_io import MaskVideoWriter, write_palette_png
+    def save(
+        self, filename_prefix="cyclevos/masks", save_png=True, save_video=False, fps=DEFAULT_FPS, masks=None, mask=None
+    ):
+        from ..comfyui_cyclevos.media.writers import MaskVideoWriter, write_palette_png
 
         if (masks is None) == (mask is None):
             raise InputError("connect either masks (CYCLEVOS_MASKS) or mask (MASK) to CycleVOS Save Masks")
@@ -109,7 +154,9 @@ class CycleVOSSaveMasks:
                 frame_ids = ids[t].numpy()
                 if save_png:
                     write_palette_png(partial / f"{t:05d}.png", frame_ids)
-                    ui_images.append({"filename": f"{t:05d}.png", "subfolder": _join(subfolder, stem), "type": "output"})
+                    ui_images.append(
+                        {"filename": f"{t:05d}.png", "subfolder": _join(subfolder, stem), "type": "output"}
+                    )
                 if writer is not None:
                     writer.write(frame_ids)
                 progress.update(t + 1)
@@ -123,7 +170,10 @@ class CycleVOSSaveMasks:
             shutil.rmtree(partial, ignore_errors=True)
             raise
         if writer is not None:
-            ui = {"images": [{"filename": f"{stem}.mp4", "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+            ui = {
+                "images": [{"filename": f"{stem}.mp4", "subfolder": subfolder, "type": "output"}],
+                "animated": (True,),
+            }
         else:
             ui = {"images": ui_images}
         path = png_dir if save_png else folder / f"{stem}.mp4"
@@ -147,9 +197,10 @@ def _save_target(prefix: str, width: int, height: int) -> tuple[Path, str, int, 
     if os.path.commonpath((out, folder)) != str(out):
         raise InputError(f"filename_prefix {prefix!r} points outside the output folder")
     folder.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name[len(rel.name) + 1:].split("_")[0]) for p in folder.iterdir()
-             if p.name.startswith(rel.name + "_") and p.name[len(rel.name) + 1:].split("_")[0].isdigit()]
+    taken = [
+        int(p.name[len(rel.name) + 1 :].split("_")[0])
+        for p in folder.iterdir()
+        if p.name.startswith(rel.name + "_") and p.name[len(rel.name) + 1 :].split("_")[0].isdigit()
+    ]
     subfolder = "" if str(rel.parent) == "." else rel.parent.as_posix()
     return folder, rel.name, max(taken, default=0) + 1, subfolder
-
-

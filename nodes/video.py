@@ -1,4 +1,5 @@
 """Video in: a video file from ComfyUI's input folder decoded into an IMAGE batch, with a memory check."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,13 +12,15 @@ from ..comfyui_cyclevos.errors import InputError
 from .common import CATEGORY, DEFAULT_FPS, VIDEO_EXTENSIONS, _folder_paths, _input_dir, _int, _Progress
 
 
-
 def list_videos() -> list[str]:
     d = _input_dir()
     if not d.is_dir():
         return []
-    return sorted(p.name for p in d.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
-                  and not p.name.startswith("."))
+    return sorted(
+        p.name
+        for p in d.iterdir()
+        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 def resolve_video(name: str) -> Path:
@@ -47,29 +50,41 @@ def file_fingerprint(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-
 class CycleVOSLoadVideo:
-    DESCRIPTION = ("Loads a video from ComfyUI's input folder as an IMAGE batch (float32, B x H x W x 3: "
-                   "12 bytes a pixel, so a long or large video needs a lot of memory; use the frame cap, skip, "
-                   "every-nth and max side options to bound it). Also gives the frame rate and the frame count.")
+    DESCRIPTION = (
+        "Loads a video from ComfyUI's input folder as an IMAGE batch (float32, B x H x W x 3: "
+        "12 bytes a pixel, so a long or large video needs a lot of memory; use the frame cap, skip, "
+        "every-nth and max side options to bound it). Also gives the frame rate and the frame count."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("IMAGE", "FLOAT", "INT")
     RETURN_NAMES = ("frames", "fps", "frame_count")
-    OUTPUT_TOOLTIPS = ("The frames kept, as an IMAGE batch.",
-                       "Frames per second of the video divided by every_nth (24 when unknown).",
-                       "Number of frames in the batch.")
+    OUTPUT_TOOLTIPS = (
+        "The frames kept, as an IMAGE batch.",
+        "Frames per second of the video divided by every_nth (24 when unknown).",
+        "Number of frames in the batch.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "video": (list_videos(), {"video_upload": True,
-                                      "tooltip": "A video file in ComfyUI's input folder (mp4, mov, webm, mkv, avi, gif...); upload one with the button."}),
-            "max_frames": _int(0, 0, 1_000_000, "Keep at most this many frames (0 = all)."),
-            "skip_first": _int(0, 0, 1_000_000, "Skip this many frames at the start."),
-            "every_nth": _int(1, 1, 1000, "Keep every n-th frame (1 = all): fewer frames, less memory and time."),
-            "max_side": _int(0, 0, 8192, "Downscale so the longer side is at most this many pixels (0 = keep the size).", 8),
-        }}
+        return {
+            "required": {
+                "video": (
+                    list_videos(),
+                    {
+                        "video_upload": True,
+                        "tooltip": "A video file in ComfyUI's input folder (mp4, mov, webm, mkv, avi, gif...); upload one with the button.",
+                    },
+                ),
+                "max_frames": _int(0, 0, 1_000_000, "Keep at most this many frames (0 = all)."),
+                "skip_first": _int(0, 0, 1_000_000, "Skip this many frames at the start."),
+                "every_nth": _int(1, 1, 1000, "Keep every n-th frame (1 = all): fewer frames, less memory and time."),
+                "max_side": _int(
+                    0, 0, 8192, "Downscale so the longer side is at most this many pixels (0 = keep the size).", 8
+                ),
+            }
+        }
 
     @classmethod
     def IS_CHANGED(cls, video, **kwargs):
@@ -89,10 +104,15 @@ class CycleVOSLoadVideo:
         return True
 
     def load(self, video, max_frames=0, skip_first=0, every_nth=1, max_side=0):
-        from ..comfyui_cyclevos.video_io import open_frames
+        from ..comfyui_cyclevos.media.frames import open_frames
 
-        source = open_frames(resolve_video(video), max_frames=max_frames or None, skip_first=skip_first,
-                             every_nth=every_nth, max_side=max_side or None)
+        source = open_frames(
+            resolve_video(video),
+            max_frames=max_frames or None,
+            skip_first=skip_first,
+            every_nth=every_nth,
+            max_side=max_side or None,
+        )
         progress = _Progress(len(source))
 
         def on_frame(done: int) -> None:
@@ -102,5 +122,3 @@ class CycleVOSLoadVideo:
         out = torch.from_numpy(source.read_all(on_frame))  # (B, H, W, 3) float32 in 0..1
         fps = float(source.fps or DEFAULT_FPS) / every_nth
         return (out, fps, int(out.shape[0]))
-
-

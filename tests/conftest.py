@@ -1,5 +1,6 @@
 """Shared fixtures and helpers: a tiny random-weight checkpoint, small generated clips, and random state_dicts
 with the released STM / STM-cycle / torchvision key names and shapes (no shared data needed)."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,8 @@ def shared_data(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory) -> Path:
-    from comfyui_cyclevos.checkpoint import save_checkpoint
-    from comfyui_cyclevos.network import CycleVOSNet
+    from comfyui_cyclevos.model.checkpoint import save_checkpoint
+    from comfyui_cyclevos.model.network import CycleVOSNet
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "random.pt"
@@ -54,7 +55,7 @@ def clip_folder(tmp_path) -> tuple[Path, Path]:
     """A folder of 8 PNG frames and a first-frame palette mask with two objects."""
     from PIL import Image
 
-    from comfyui_cyclevos.video_io import write_palette_png
+    from comfyui_cyclevos.media.writers import write_palette_png
 
     frames, labels = moving_square_clip(objects=2)
     d = tmp_path / "frames"

@@ -5,16 +5,17 @@ import textwrap
 import pytest
 from click.testing import CliRunner
 
-from comfyui_cyclevos import allocator, cli
+from comfyui_cyclevos import cli
+from comfyui_cyclevos.runtime import allocator
 
 # Five-object gradient corrections at 240x432 (random weights), the engine's heaviest churn of
 # multi-MB tensors; prints whether the thresholds were set and the fewest minor page faults of one
 # correction after two.
 CORRECTIONS = textwrap.dedent("""
     import resource, sys, torch
-    from comfyui_cyclevos.allocator import keep_freed_memory
-    from comfyui_cyclevos.correction import gradient_correct
-    from comfyui_cyclevos.network import CycleVOSNet
+    from comfyui_cyclevos.runtime.allocator import keep_freed_memory
+    from comfyui_cyclevos.cycle.correction import gradient_correct
+    from comfyui_cyclevos.model.network import CycleVOSNet
     applied = keep_freed_memory() if sys.argv[1] == "keep" else None
     torch.manual_seed(0)
     net = CycleVOSNet().for_inference().to(memory_format=torch.channels_last)
@@ -61,5 +62,8 @@ def test_keep_freed_memory_changes_nothing_off_linux(monkeypatch):
 def test_the_cli_keeps_freed_memory_for_its_own_process(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1) or True)
-    r = CliRunner().invoke(cli.main, ["segment", str(tmp_path / "missing"), "--mask", str(tmp_path / "m.png"), "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        cli.main,
+        ["segment", str(tmp_path / "missing"), "--mask", str(tmp_path / "m.png"), "--out", str(tmp_path / "o")],
+    )
     assert r.exit_code == 2 and calls == [1], r.output

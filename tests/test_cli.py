@@ -1,12 +1,11 @@
 import json
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from comfyui_cyclevos.cli import main
-from comfyui_cyclevos.video_io import write_palette_png
+from comfyui_cyclevos.media.writers import write_palette_png
 
 
 def run(*args):
@@ -16,8 +15,26 @@ def run(*args):
 def test_segment_writes_one_palette_png_per_frame(clip_folder, random_checkpoint, tmp_path):
     frames, mask = clip_folder
     out = tmp_path / "out"
-    r = run("segment", frames, "--mask", mask, "--out", out, "--weights", random_checkpoint, "--size", 64, "--gc-every", 3, "--gc-steps", 2,
-            "--overlay", tmp_path / "ov.mp4", "--mask-video", tmp_path / "mv.mp4")
+    r = run(
+        "segment",
+        frames,
+        "--mask",
+        mask,
+        "--out",
+        out,
+        "--weights",
+        random_checkpoint,
+        "--size",
+        64,
+        "--gc-every",
+        3,
+        "--gc-steps",
+        2,
+        "--overlay",
+        tmp_path / "ov.mp4",
+        "--mask-video",
+        tmp_path / "mv.mp4",
+    )
     assert r.exit_code == 0, r.output
     pngs = sorted(out.glob("*.png"))
     assert [p.stem for p in pngs] == [f"f{i:03d}" for i in range(8)]
@@ -34,7 +51,6 @@ def test_segment_writes_one_palette_png_per_frame(clip_folder, random_checkpoint
 
 def test_segment_reads_a_video_and_names_frames_by_index(tmp_path, random_checkpoint):
     import imageio_ffmpeg
-
     from conftest import moving_square_clip
 
     frames, labels = moving_square_clip(n=6)
@@ -45,7 +61,19 @@ def test_segment_reads_a_video_and_names_frames_by_index(tmp_path, random_checkp
         gen.send(np.ascontiguousarray(f))
     gen.close()
     write_palette_png(tmp_path / "m.png", labels[0])
-    r = run("segment", video, "--mask", tmp_path / "m.png", "--out", tmp_path / "o", "--weights", random_checkpoint, "--no-gc", "--size", 64)
+    r = run(
+        "segment",
+        video,
+        "--mask",
+        tmp_path / "m.png",
+        "--out",
+        tmp_path / "o",
+        "--weights",
+        random_checkpoint,
+        "--no-gc",
+        "--size",
+        64,
+    )
     assert r.exit_code == 0, r.output
     assert sorted(p.stem for p in (tmp_path / "o").glob("*.png")) == [f"{i:05d}" for i in range(6)]
 
@@ -61,7 +89,11 @@ def _one_line_error(r):
 def test_mask_of_the_wrong_size(clip_folder, random_checkpoint, tmp_path):
     frames, _ = clip_folder
     write_palette_png(tmp_path / "small.png", np.ones((10, 10), np.uint8))
-    line = _one_line_error(run("segment", frames, "--mask", tmp_path / "small.png", "--out", tmp_path / "o", "--weights", random_checkpoint))
+    line = _one_line_error(
+        run(
+            "segment", frames, "--mask", tmp_path / "small.png", "--out", tmp_path / "o", "--weights", random_checkpoint
+        )
+    )
     assert "10x10" in line and "96x64" in line
     assert not (tmp_path / "o").exists()
 
@@ -69,13 +101,19 @@ def test_mask_of_the_wrong_size(clip_folder, random_checkpoint, tmp_path):
 def test_empty_mask(clip_folder, random_checkpoint, tmp_path):
     frames, _ = clip_folder
     write_palette_png(tmp_path / "empty.png", np.zeros((64, 96), np.uint8))
-    line = _one_line_error(run("segment", frames, "--mask", tmp_path / "empty.png", "--out", tmp_path / "o", "--weights", random_checkpoint))
+    line = _one_line_error(
+        run(
+            "segment", frames, "--mask", tmp_path / "empty.png", "--out", tmp_path / "o", "--weights", random_checkpoint
+        )
+    )
     assert "draw at least one object" in line
 
 
 def test_missing_weights(clip_folder, tmp_path):
     frames, mask = clip_folder
-    line = _one_line_error(run("segment", frames, "--mask", mask, "--out", tmp_path / "o", "--weights", tmp_path / "nope.pt"))
+    line = _one_line_error(
+        run("segment", frames, "--mask", mask, "--out", tmp_path / "o", "--weights", tmp_path / "nope.pt")
+    )
     assert "nope.pt" in line and "not found" in line
 
 
@@ -90,12 +128,23 @@ def test_weights_that_are_not_a_checkpoint(clip_folder, tmp_path):
 def test_unreadable_video(tmp_path, random_checkpoint):
     (tmp_path / "x.mp4").write_text("this is not a video")
     write_palette_png(tmp_path / "m.png", np.ones((4, 4), np.uint8))
-    line = _one_line_error(run("segment", tmp_path / "x.mp4", "--mask", tmp_path / "m.png", "--out", tmp_path / "o", "--weights", random_checkpoint))
+    line = _one_line_error(
+        run(
+            "segment",
+            tmp_path / "x.mp4",
+            "--mask",
+            tmp_path / "m.png",
+            "--out",
+            tmp_path / "o",
+            "--weights",
+            random_checkpoint,
+        )
+    )
     assert "x.mp4" in line
 
 
 def test_interrupted_run_leaves_no_complete_looking_output(clip_folder, random_checkpoint, tmp_path, monkeypatch):
-    from comfyui_cyclevos import propagate
+    from comfyui_cyclevos.inference import engine as propagate
 
     frames, mask = clip_folder
     calls = {"n": 0}
@@ -119,7 +168,9 @@ def test_refuses_to_overwrite_a_foreign_folder(clip_folder, random_checkpoint, t
     frames, mask = clip_folder
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "precious.txt").write_text("keep me")
-    line = _one_line_error(run("segment", frames, "--mask", mask, "--out", tmp_path / "o", "--weights", random_checkpoint, "--size", 64))
+    line = _one_line_error(
+        run("segment", frames, "--mask", mask, "--out", tmp_path / "o", "--weights", random_checkpoint, "--size", 64)
+    )
     assert "not a cyclevos output folder" in line
     assert (tmp_path / "o" / "precious.txt").exists()
 
@@ -127,14 +178,24 @@ def test_refuses_to_overwrite_a_foreign_folder(clip_folder, random_checkpoint, t
 def test_help_explains_every_option():
     r = run("segment", "--help")
     assert r.exit_code == 0
-    for opt in ("--mask", "--out", "--weights", "--device", "--size", "--overlay", "--gc", "--gc-every", "--gc-steps", "--gc-rate"):
+    for opt in (
+        "--mask",
+        "--out",
+        "--weights",
+        "--device",
+        "--size",
+        "--overlay",
+        "--gc",
+        "--gc-every",
+        "--gc-steps",
+        "--gc-rate",
+    ):
         assert opt in r.output
 
 
 def test_mask_on_a_later_frame_segments_both_ways(tmp_path, random_checkpoint):
-    from PIL import Image
-
     from conftest import moving_square_clip
+    from PIL import Image
 
     frames, labels = moving_square_clip(n=6)
     d = tmp_path / "frames"
@@ -142,19 +203,61 @@ def test_mask_on_a_later_frame_segments_both_ways(tmp_path, random_checkpoint):
     for i, f in enumerate(frames):
         Image.fromarray(f).save(d / f"{i:05d}.png")
     write_palette_png(tmp_path / "m3.png", labels[3])
-    r = run("segment", d, "--mask", tmp_path / "m3.png", "--mask-frame", 3, "--out", tmp_path / "o", "--weights", random_checkpoint, "--size", 64, "--no-gc")
+    r = run(
+        "segment",
+        d,
+        "--mask",
+        tmp_path / "m3.png",
+        "--mask-frame",
+        3,
+        "--out",
+        tmp_path / "o",
+        "--weights",
+        random_checkpoint,
+        "--size",
+        64,
+        "--no-gc",
+    )
     assert r.exit_code == 0, r.output
     pngs = sorted((tmp_path / "o").glob("*.png"))
     assert [p.stem for p in pngs] == [f"{i:05d}" for i in range(6)]
     assert np.array_equal(np.asarray(Image.open(pngs[3])), labels[3])
-    line = _one_line_error(run("segment", d, "--mask", tmp_path / "m3.png", "--mask-frame", 9, "--out", tmp_path / "o2", "--weights", random_checkpoint, "--size", 64))
+    line = _one_line_error(
+        run(
+            "segment",
+            d,
+            "--mask",
+            tmp_path / "m3.png",
+            "--mask-frame",
+            9,
+            "--out",
+            tmp_path / "o2",
+            "--weights",
+            random_checkpoint,
+            "--size",
+            64,
+        )
+    )
     assert "frame 9" in line and not (tmp_path / "o2").exists()
 
 
 def test_an_unwritable_out_is_a_one_line_error(clip_folder, random_checkpoint, tmp_path):
     frames, mask = clip_folder
     (tmp_path / "file").write_text("not a folder")
-    line = _one_line_error(run("segment", frames, "--mask", mask, "--out", tmp_path / "file" / "o", "--weights", random_checkpoint, "--size", 64))
+    line = _one_line_error(
+        run(
+            "segment",
+            frames,
+            "--mask",
+            mask,
+            "--out",
+            tmp_path / "file" / "o",
+            "--weights",
+            random_checkpoint,
+            "--size",
+            64,
+        )
+    )
     assert "file" in line and "--out" in line
 
 

@@ -1,4 +1,5 @@
 """Cycle confidence (issue 14): scores, suggested keyframes, the report."""
+
 import csv
 import json
 
@@ -7,12 +8,14 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from comfyui_cyclevos.checkpoint import default_weights_path, load_checkpoint
-from comfyui_cyclevos.cli import demo_clip, main
-from comfyui_cyclevos.confidence import plot_scores, reference_iou, suggest_keyframes
+from comfyui_cyclevos.cli import main
 from comfyui_cyclevos.config import ConfidenceConfig, CorrectionConfig, InferenceConfig
-from comfyui_cyclevos.propagate import InferenceCore
-from comfyui_cyclevos.video_io import open_frames, read_mask
+from comfyui_cyclevos.cycle.confidence import plot_scores, reference_iou, suggest_keyframes
+from comfyui_cyclevos.demo import demo_clip
+from comfyui_cyclevos.inference.engine import InferenceCore
+from comfyui_cyclevos.media.frames import open_frames
+from comfyui_cyclevos.media.masks import read_mask
+from comfyui_cyclevos.model.checkpoint import default_weights_path, load_checkpoint
 
 
 def test_the_score_tells_the_engine_s_mask_from_a_wrong_one():
@@ -21,8 +24,11 @@ def test_the_score_tells_the_engine_s_mask_from_a_wrong_one():
     net = load_checkpoint(default_weights_path())
     clip, mask_path = demo_clip()
     frames = [f for _, (_, f) in zip(range(6), open_frames(clip))]
-    config = InferenceConfig(precision="fp32", correction=CorrectionConfig(enabled=False, K=5),
-                             confidence=ConfidenceConfig(enabled=True, reference="own"))
+    config = InferenceConfig(
+        precision="fp32",
+        correction=CorrectionConfig(enabled=False, K=5),
+        confidence=ConfidenceConfig(enabled=True, reference="own"),
+    )
     eng = InferenceCore(net, config)
     eng.step(frames[0], read_mask(mask_path))
     for t, f in enumerate(frames[1:], 1):
@@ -61,8 +67,30 @@ def test_plot_draws_each_object():
 def test_report_csv_plot_and_summary(clip_folder, random_checkpoint, tmp_path):
     frames, mask = clip_folder
     report = tmp_path / "scores.csv"
-    r = CliRunner().invoke(main, [str(a) for a in ("segment", frames, "--mask", mask, "--out", tmp_path / "o", "--weights", random_checkpoint,
-                                                    "--size", 64, "--gc-every", 2, "--gc-steps", 1, "--report", report)])
+    r = CliRunner().invoke(
+        main,
+        [
+            str(a)
+            for a in (
+                "segment",
+                frames,
+                "--mask",
+                mask,
+                "--out",
+                tmp_path / "o",
+                "--weights",
+                random_checkpoint,
+                "--size",
+                64,
+                "--gc-every",
+                2,
+                "--gc-steps",
+                1,
+                "--report",
+                report,
+            )
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = list(csv.reader(open(report)))
     assert rows[0] == ["frame", "object", "score"]
@@ -74,5 +102,22 @@ def test_report_csv_plot_and_summary(clip_folder, random_checkpoint, tmp_path):
     summary = json.loads((tmp_path / "o" / "cyclevos.json").read_text())
     assert summary["report"] == str(report) and summary["scored_frames"] == (len(rows) - 1) // len(ids)
     assert set(summary["suggested_keyframes"]) <= {int(row[0]) for row in rows[1:]}
-    bad = CliRunner().invoke(main, [str(a) for a in ("segment", frames, "--mask", mask, "--out", tmp_path / "o2", "--weights", random_checkpoint, "--report", tmp_path / "x.txt")])
+    bad = CliRunner().invoke(
+        main,
+        [
+            str(a)
+            for a in (
+                "segment",
+                frames,
+                "--mask",
+                mask,
+                "--out",
+                tmp_path / "o2",
+                "--weights",
+                random_checkpoint,
+                "--report",
+                tmp_path / "x.txt",
+            )
+        ],
+    )
     assert bad.exit_code == 2 and "--report" in bad.output

@@ -4,20 +4,20 @@ The key names and shapes in tests/data/keys_*.json were dumped from the original
 model.py wrapped in nn.DataParallel, STM-Training's STAN for resnet50/resnet18, torchvision's ResNet),
 instantiated with random weights outside the repository; no original code is part of the project.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-from comfyui_cyclevos.backbones.resnet import ResNet
-from comfyui_cyclevos.checkpoint import checkpoint_meta, load_checkpoint
-from comfyui_cyclevos.convert import convert
-from comfyui_cyclevos.errors import WeightsError
-from comfyui_cyclevos.network import soft_aggregate
-
 from conftest import random_state, shapes, write_source
+
+from comfyui_cyclevos.errors import WeightsError
+from comfyui_cyclevos.model.aggregation import soft_aggregate
+from comfyui_cyclevos.model.backbones.resnet import ResNet
+from comfyui_cyclevos.model.checkpoint import checkpoint_meta, load_checkpoint
+from comfyui_cyclevos.model.convert import convert
+
 
 @pytest.fixture(scope="module")
 def r18_state() -> dict[str, torch.Tensor]:
@@ -159,7 +159,10 @@ def test_resnet_shapes(name, channels):
     with torch.no_grad():
         f4, f8, f16 = net(torch.randn(1, 3, 64, 96))
     assert [tuple(t.shape) for t in (f4, f8, f16)] == [
-        (1, channels[0], 16, 24), (1, channels[1], 8, 12), (1, channels[2], 4, 6)]
+        (1, channels[0], 16, 24),
+        (1, channels[1], 8, 12),
+        (1, channels[2], 4, 6),
+    ]
     mem = ResNet(name, in_extra=2).eval()
     with torch.no_grad():
         assert mem(torch.randn(2, 3, 64, 64), torch.rand(2, 2, 64, 64))[2].shape == (2, channels[2], 4, 4)
@@ -216,8 +219,23 @@ def test_converted_checkpoint_runs_cyclevos_segment(tmp_path, clip_folder, keys,
     ckpt = tmp_path / "converted.pt"
     convert(write_source(random_state(shapes(keys)), tmp_path / "src.pth", source), ckpt, source)
     frames, mask = clip_folder
-    args = ["segment", str(frames), "--mask", str(mask), "--out", str(tmp_path / "o"), "--weights", str(ckpt),
-            "--size", "64", gc, "--gc-every", "3", "--gc-steps", "2"]
+    args = [
+        "segment",
+        str(frames),
+        "--mask",
+        str(mask),
+        "--out",
+        str(tmp_path / "o"),
+        "--weights",
+        str(ckpt),
+        "--size",
+        "64",
+        gc,
+        "--gc-every",
+        "3",
+        "--gc-steps",
+        "2",
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     pngs = sorted((tmp_path / "o").glob("*.png"))

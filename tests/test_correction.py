@@ -1,20 +1,20 @@
 """Gradient correction (Eq. 5) and cycle-ERF (Eq. 6): mechanics on a random network, effects with the
 shipped weights on real DAVIS frames."""
+
 import numpy as np
 import pytest
 import torch
+from conftest import shared_data
 from PIL import Image
 
-from comfyui_cyclevos.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
 from comfyui_cyclevos.config import CorrectionConfig, CycleERFConfig
-from comfyui_cyclevos.correction import gradient_correct, loss_target, normalize_objects
-from comfyui_cyclevos.cycle_erf import compute_cycle_erf, cycle_erf_map
+from comfyui_cyclevos.cycle.correction import gradient_correct, loss_target, normalize_objects
+from comfyui_cyclevos.cycle.erf import compute_cycle_erf, cycle_erf_map
 from comfyui_cyclevos.filters import gaussian_blur
-from comfyui_cyclevos.davis import read_label_png, sequence_paths
-from comfyui_cyclevos.geometry import Geometry
-from comfyui_cyclevos.network import CycleVOSNet
-
-from conftest import shared_data
+from comfyui_cyclevos.media.davis import read_label_png, sequence_paths
+from comfyui_cyclevos.model.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
+from comfyui_cyclevos.model.geometry import Geometry
+from comfyui_cyclevos.model.network import CycleVOSNet
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,9 @@ def test_correction_of_a_box_mask_raises_its_iou(shipped, seq, t):
         x0, xt = geo.frame_in(f0, "cpu"), geo.frame_in(ft, "cpu")
         F0, Ft = net.encode_frame(x0), net.encode_frame(xt)
         m0, mbox, gt = (geo.masks_in(torch.from_numpy(m)[None], "cpu") for m in (y0, box, yt))
-        corrected, losses = gradient_correct(net, mbox, xt, Ft, x0, F0, m0, c.N, c.coarse_alpha, c.gamma, return_losses=True)
+        corrected, losses = gradient_correct(
+            net, mbox, xt, Ft, x0, F0, m0, c.N, c.coarse_alpha, c.gamma, return_losses=True
+        )
     assert losses[-1] < 0.9 * losses[0]
     assert _iou(corrected, gt) > _iou(mbox, gt) + 0.01
     assert _iou(corrected, mbox) > 0.8

@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import moving_square_clip
 
 from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
 from comfyui_cyclevos.errors import InputError
-from comfyui_cyclevos.memory import MemoryBank
-from comfyui_cyclevos.network import CycleVOSNet
-from comfyui_cyclevos.propagate import InferenceCore
-
-from conftest import moving_square_clip
+from comfyui_cyclevos.inference.engine import InferenceCore
+from comfyui_cyclevos.inference.memory import MemoryBank
+from comfyui_cyclevos.model.network import CycleVOSNet
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +17,12 @@ def net():
 
 
 def engine(net, **memory):
-    return InferenceCore(net, InferenceConfig(size=64, precision="fp32", memory=MemoryConfig(**memory), correction=CorrectionConfig(enabled=False)))
+    return InferenceCore(
+        net,
+        InferenceConfig(
+            size=64, precision="fp32", memory=MemoryConfig(**memory), correction=CorrectionConfig(enabled=False)
+        ),
+    )
 
 
 def test_output_is_at_the_frame_size_and_a_distribution(net):
@@ -99,7 +103,7 @@ def test_mask_on_a_later_frame_takes_over(net):
 
 
 def test_box_masks_on_later_frames_are_detected_as_coarse(net):
-    from comfyui_cyclevos.propagate import box_shaped
+    from comfyui_cyclevos.inference.engine import box_shaped
 
     box = torch.zeros(1, 20, 20, dtype=torch.bool)
     box[0, 3:9, 4:15] = True
@@ -160,7 +164,12 @@ def test_memory_holds_the_written_label_map(net, hard, gc):
     """hard: each frame is memorised as the label map that is written (a corrected frame too); soft: as its
     probabilities (corrected: Eq. 5's values)."""
     frames, labels = moving_square_clip(n=3, objects=2)
-    cfg = InferenceConfig(size=64, precision="fp32", memory=MemoryConfig(hard=hard), correction=CorrectionConfig(enabled=gc, K=2, N=2, alpha=5000.0))
+    cfg = InferenceConfig(
+        size=64,
+        precision="fp32",
+        memory=MemoryConfig(hard=hard),
+        correction=CorrectionConfig(enabled=gc, K=2, N=2, alpha=5000.0),
+    )
     eng = InferenceCore(net, cfg)
     eng.step(frames[0], labels[0])
     eng.step(frames[1])

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from comfyui_cyclevos.mask_edges import EdgeConfig, components, refine_ids, soft_mask
+from comfyui_cyclevos.media.edges import EdgeConfig, components, refine_ids, soft_mask
 
 
 def test_components_label_each_4_connected_piece():

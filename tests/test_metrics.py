@@ -1,4 +1,5 @@
 """DAVIS metrics: a golden comparison with the official evaluation, and small hand-checked cases."""
+
 from __future__ import annotations
 
 import math
@@ -8,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfyui_cyclevos.davis import read_label_png
 from comfyui_cyclevos.errors import InputError
-from comfyui_cyclevos.evaluate import (
+from comfyui_cyclevos.evaluation.evaluate import (
     Evaluation,
     SequenceResult,
     evaluate_folders,
@@ -19,16 +19,16 @@ from comfyui_cyclevos.evaluate import (
     run_eval,
     write_per_frame_csv,
 )
-from comfyui_cyclevos.metrics import (
+from comfyui_cyclevos.evaluation.metrics import (
     boundary_map,
     boundary_tolerance,
-    dilate_disk,
-    disk,
     f_measure,
     jaccard,
     score_frame,
     statistics,
 )
+from comfyui_cyclevos.filters import dilate_disk, disk
+from comfyui_cyclevos.media.davis import read_label_png
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEV = SHARED_DATA / "davis2016" / "dev-480p"
@@ -42,13 +42,15 @@ def _need(path: Path) -> Path:
 
 # --- golden: every row of the official per-frame scores -------------------------------------------
 
+
 def test_golden_osvos_davis2016_every_frame() -> None:
     official = read_per_frame_csv(_need(DEV / "osvos-official-jf.csv"))
     pred, gt = _need(DEV / "osvos-binary"), _need(DEV / "Annotations" / "480p")
     sequences = sorted({row[0] for row in official})
     ev = evaluate_folders(pred, gt, sequences)
-    ours = [(s.name, frame, float(j), float(f))
-            for s in ev.sequences for frame, j, f in zip(s.frames, s.j_frame, s.f_frame)]
+    ours = [
+        (s.name, frame, float(j), float(f)) for s in ev.sequences for frame, j, f in zip(s.frames, s.j_frame, s.f_frame)
+    ]
     assert [r[:2] for r in ours] == [r[:2] for r in official]
     dj = np.array([a[2] - b[2] for a, b in zip(ours, official)])
     df = np.array([a[3] - b[3] for a, b in zip(ours, official)])
@@ -67,11 +69,12 @@ def test_golden_through_davis_root_layout() -> None:
 
 # --- J ---------------------------------------------------------------------------------------------
 
+
 def test_jaccard_known_masks() -> None:
     gt = np.zeros((4, 4), bool)
-    gt[0:2, 0:2] = True                     # 4 pixels
+    gt[0:2, 0:2] = True  # 4 pixels
     pred = np.zeros((4, 4), bool)
-    pred[1:3, 1:4] = True                   # 6 pixels, 1 shared with gt
+    pred[1:3, 1:4] = True  # 6 pixels, 1 shared with gt
     assert jaccard(gt, pred) == pytest.approx(1 / 9)
     assert jaccard(gt, gt) == 1.0
     assert jaccard(gt, ~gt) == 0.0
@@ -87,6 +90,7 @@ def test_jaccard_empty_conventions() -> None:
 
 # --- F ---------------------------------------------------------------------------------------------
 
+
 def test_boundary_map_is_half_pixel_shifted() -> None:
     m = np.zeros((3, 3), bool)
     m[1, 1] = True
@@ -98,7 +102,7 @@ def test_boundary_map_is_half_pixel_shifted() -> None:
 
 def test_disk_is_skimage_disk_not_cv2_ellipse() -> None:
     for r in range(0, 16):
-        y, x = np.mgrid[-r:r + 1, -r:r + 1]
+        y, x = np.mgrid[-r : r + 1, -r : r + 1]
         assert (disk(r) == (x * x + y * y <= r * r)).all()
     # cv2's ellipse would round sqrt(63) = 7.94 up to a 17-pixel row here.
     assert disk(8)[7].sum() == 15 and disk(8)[8].sum() == 17
@@ -119,24 +123,24 @@ def test_dilation_matches_brute_force() -> None:
 
 def test_tolerance() -> None:
     assert boundary_tolerance((480, 854)) == 8
-    assert boundary_tolerance((100, 100)) == 2   # 0.008 * 141.4 = 1.13
+    assert boundary_tolerance((100, 100)) == 2  # 0.008 * 141.4 = 1.13
     assert boundary_tolerance((480, 854), 3) == 3
 
 
 def test_f_identical_and_empty_conventions() -> None:
     yy, xx = np.mgrid[0:60, 0:80]
-    blob = (yy - 30) ** 2 + (xx - 35) ** 2 < 15 ** 2
+    blob = (yy - 30) ** 2 + (xx - 35) ** 2 < 15**2
     empty = np.zeros_like(blob)
     assert f_measure(blob, blob) == 1.0
     assert f_measure(empty, empty) == 1.0
-    assert f_measure(blob, empty) == 0.0       # prediction empty: P = 1, R = 0
-    assert f_measure(empty, blob) == 0.0       # ground truth empty: P = 0, R = 1
+    assert f_measure(blob, empty) == 0.0  # prediction empty: P = 1, R = 0
+    assert f_measure(empty, blob) == 0.0  # ground truth empty: P = 0, R = 1
 
 
 def test_f_tolerance_and_value() -> None:
     gt = np.zeros((100, 100), bool)
     gt[20:60, 20:60] = True
-    near = np.roll(gt, 2, axis=1)               # within the 2-pixel tolerance
+    near = np.roll(gt, 2, axis=1)  # within the 2-pixel tolerance
     assert f_measure(gt, near) == 1.0
     far = np.roll(gt, 10, axis=1)
     # Reference by distances: a boundary pixel matches when one of the other set is within radius 2.
@@ -152,11 +156,12 @@ def test_f_tolerance_and_value() -> None:
 
 # --- statistics ------------------------------------------------------------------------------------
 
+
 def test_statistics_mean_recall_decay() -> None:
     v = np.array([1, 1, 1, 1, 0, 0, 0, 0], float)
     mean, recall, decay = statistics(v)
     assert (mean, recall) == (0.5, 0.5)
-    assert decay == 1.0                         # bins [0:3] and [5:8]
+    assert decay == 1.0  # bins [0:3] and [5:8]
     # Recall counts values strictly above 0.5.
     assert statistics(np.array([0.5, 0.5, 0.9]))[1] == pytest.approx(1 / 3)
 
@@ -170,6 +175,7 @@ def test_decay_bin_edges_round_half_up() -> None:
 
 # --- several objects, folders, CSV -------------------------------------------------------------------
 
+
 def _save(path: Path, labels: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     im = Image.fromarray(labels.astype(np.uint8), mode="P")
@@ -181,7 +187,7 @@ def _two_object_frames(n: int = 4) -> list[np.ndarray]:
     frames = []
     for t in range(n):
         a = np.zeros((24, 32), np.uint8)
-        a[2:10, 2 + t:12 + t] = 1
+        a[2:10, 2 + t : 12 + t] = 1
         a[14:22, 18:28] = 2
         frames.append(a)
     return frames
@@ -189,10 +195,10 @@ def _two_object_frames(n: int = 4) -> list[np.ndarray]:
 
 def test_score_frame_per_object() -> None:
     gt = _two_object_frames(1)[0]
-    pred = np.where(gt == 2, 0, gt)             # object 2 not predicted
+    pred = np.where(gt == 2, 0, gt)  # object 2 not predicted
     j, f = score_frame(gt, pred, 2)
     assert list(j) == [1.0, 0.0] and list(f) == [1.0, 0.0]
-    j, f = score_frame(np.zeros_like(gt), np.zeros_like(gt), 2)   # absent from both: a hit
+    j, f = score_frame(np.zeros_like(gt), np.zeros_like(gt), 2)  # absent from both: a hit
     assert list(j) == [1.0, 1.0] and list(f) == [1.0, 1.0]
 
 
@@ -201,9 +207,9 @@ def test_multi_object_sequence_and_pooled_global(tmp_path: Path) -> None:
     frames = _two_object_frames(5)
     for t, a in enumerate(frames):
         gt = a.copy()
-        gt[0, :] = 255                          # void: read as background
+        gt[0, :] = 255  # void: read as background
         _save(gt_root / "two" / f"{t:05d}.png", gt)
-        _save(pred_root / "two" / f"{t:05d}.png", np.where(a == 2, 0, a))   # object 2 missed
+        _save(pred_root / "two" / f"{t:05d}.png", np.where(a == 2, 0, a))  # object 2 missed
         one = (a == 1).astype(np.uint8)
         _save(gt_root / "one" / f"{t:05d}.png", one)
         _save(pred_root / "one" / f"{t:05d}.png", one)
@@ -239,7 +245,7 @@ def test_prediction_id_above_objects_is_refused(tmp_path: Path) -> None:
 def test_label_png_formats(tmp_path: Path) -> None:
     m = np.zeros((6, 8), bool)
     m[1:4, 2:6] = True
-    Image.fromarray(m).save(tmp_path / "bit.png")                                   # mode "1"
+    Image.fromarray(m).save(tmp_path / "bit.png")  # mode "1"
     Image.fromarray(m.astype(np.uint8) * 255, mode="L").save(tmp_path / "grey.png")  # 0/255
     _save(tmp_path / "pal.png", m.astype(np.uint8) * 2)
     assert (read_label_png(tmp_path / "bit.png") == m).all()
@@ -250,15 +256,21 @@ def test_label_png_formats(tmp_path: Path) -> None:
 def test_per_frame_csv_round_trip(tmp_path: Path) -> None:
     j = np.array([[1 / 3, 0.1, 2 / 7], [1.0, 0.0, math.pi / 4]])
     f = np.array([[0.2, 1 / 9, 0.5], [0.25, 1 - 1e-12, 0.75]])
-    s = SequenceResult("seq-a", ["00000", "00001", "00002"], j, f,
-                       np.array([statistics(r[1:-1]) for r in j]), np.array([statistics(r[1:-1]) for r in f]))
+    s = SequenceResult(
+        "seq-a",
+        ["00000", "00001", "00002"],
+        j,
+        f,
+        np.array([statistics(r[1:-1]) for r in j]),
+        np.array([statistics(r[1:-1]) for r in f]),
+    )
     ev = Evaluation([s])
     path = tmp_path / "pf.csv"
     write_per_frame_csv(ev, path)
     assert path.read_text().splitlines()[0] == "sequence,frame,J,F"
     rows = read_per_frame_csv(path)
     assert [r[:2] for r in rows] == [("seq-a", "00000"), ("seq-a", "00001"), ("seq-a", "00002")]
-    assert [r[2] for r in rows] == list(j.mean(0))          # exact: repr round-trips floats
+    assert [r[2] for r in rows] == list(j.mean(0))  # exact: repr round-trips floats
     assert [r[3] for r in rows] == list(f.mean(0))
 
 

@@ -1,9 +1,11 @@
-import torch
 import pytest
+import torch
 
 from comfyui_cyclevos.config import ModelConfig
-from comfyui_cyclevos.network import CycleVOSNet, SplitConv2d, Upsample4, soft_aggregate
-from comfyui_cyclevos.losses import _AggregateLoss, aggregate_loss, mask_loss
+from comfyui_cyclevos.model.aggregation import soft_aggregate
+from comfyui_cyclevos.model.layers import SplitConv2d, Upsample4
+from comfyui_cyclevos.model.losses import _AggregateLoss, aggregate_loss, mask_loss
+from comfyui_cyclevos.model.network import CycleVOSNet
 
 
 def test_shapes_through_memorize_and_segment():
@@ -163,7 +165,9 @@ def test_encoder_in_place_activations_keep_values_and_gradients():
     for forward in (enc, reference):
         x = image.clone().requires_grad_(True)
         feats = forward(x)
-        sum((f * torch.randn_like(f, generator=torch.Generator().manual_seed(i))).sum() for i, f in enumerate(feats)).backward()
+        sum(
+            (f * torch.randn_like(f, generator=torch.Generator().manual_seed(i))).sum() for i, f in enumerate(feats)
+        ).backward()
         weight = enc._blocks[4]._expand_conv.weight
         results.append((feats, x.grad, weight.grad.clone()))
         weight.grad = None
@@ -269,6 +273,7 @@ def test_aggregate_loss_has_the_value_and_gradient_of_the_autograd_chain():
         tol = 1e-7 if dtype == torch.float64 else 1e-2
         assert torch.allclose(grad, ref_grad, rtol=tol, atol=tol * ref_grad.abs().max().item())
 
+
 def test_config_round_trip():
     cfg = ModelConfig(key_dim=32)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
@@ -277,7 +282,7 @@ def test_config_round_trip():
 def test_inference_network_folds_batchnorm_freezes_weights_and_refuses_training(tmp_path):
     """Inference folds the encoder's batch norms into its convolutions (same features and masks up to
     rounding, for any statistics) and freezes the weights; such a network is neither trained nor saved."""
-    from comfyui_cyclevos.checkpoint import load_checkpoint, save_checkpoint
+    from comfyui_cyclevos.model.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(1)
     net = CycleVOSNet()

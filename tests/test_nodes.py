@@ -1,6 +1,7 @@
 """The ComfyUI nodes, without ComfyUI: contracts, every node run on small tensors (also inside
 torch.inference_mode(), as ComfyUI runs them), the pack loaded the way ComfyUI loads custom nodes, the
 model cache, and the example workflows' wiring."""
+
 from __future__ import annotations
 
 import importlib
@@ -48,8 +49,8 @@ def _errors():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from comfyui_cyclevos.checkpoint import save_checkpoint
-    from comfyui_cyclevos.network import CycleVOSNet
+    from comfyui_cyclevos.model.checkpoint import save_checkpoint
+    from comfyui_cyclevos.model.network import CycleVOSNet
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
@@ -78,14 +79,16 @@ def frames() -> torch.Tensor:
     f = torch.zeros(B, H, W, 3)
     f[..., 1] = torch.linspace(0, 0.6, W)
     for t in range(B):
-        f[t, 8:30, 10 + t:40 + t, 0] = 0.9
-        f[t, 36:60, 50 - t:90 - t, 2] = 0.8
+        f[t, 8:30, 10 + t : 40 + t, 0] = 0.9
+        f[t, 36:60, 50 - t : 90 - t, 2] = 0.8
     return f
 
 
 @pytest.fixture(scope="module")
 def objects():
-    (obj, union) = M["CycleVOSFirstFrameMask"]().make(0, 0.5, False, mask=torch.from_numpy(np.stack([_ids() == 1, _ids() == 2])).float())
+    (obj, union) = M["CycleVOSFirstFrameMask"]().make(
+        0, 0.5, False, mask=torch.from_numpy(np.stack([_ids() == 1, _ids() == 2])).float()
+    )
     return obj
 
 
@@ -117,7 +120,7 @@ def test_the_core_imports_as_an_installed_package() -> None:
     import pkgutil
 
     import comfyui_cyclevos
-    from comfyui_cyclevos.correction import correct_sequence  # noqa: F401
+    from comfyui_cyclevos.cycle.correction import correct_sequence  # noqa: F401
 
     assert comfyui_cyclevos.__version__
     for info in pkgutil.walk_packages(comfyui_cyclevos.__path__, "comfyui_cyclevos."):
@@ -141,7 +144,7 @@ def test_node_contract(key: str) -> None:
     fn = getattr(cls, cls.FUNCTION)
     params = inspect.signature(fn).parameters
     assert set(inputs) <= set(params), f"{key}.{cls.FUNCTION} lacks {set(inputs) - set(params)}"
-    for name, p in params.items():
+    for name, _p in params.items():
         if name != "self":
             assert name in inputs, f"{key}.{cls.FUNCTION} takes {name}, not an input"
     for name in spec.get("optional", {}):
@@ -192,7 +195,7 @@ def test_load_video_options_fingerprint_and_validation(tmp_path, monkeypatch) ->
 def test_load_video_refuses_what_memory_cannot_hold(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     _write_video(tmp_path / "clip.mp4")
-    video_io = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.video_io")
+    video_io = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.media.frames")
     monkeypatch.setattr(video_io, "available_memory", lambda: 1000)
     with pytest.raises(_errors().InputError, match="max_side"):
         M["CycleVOSLoadVideo"]().load("clip.mp4")
@@ -205,7 +208,7 @@ def test_first_frame_mask_from_masks_and_from_colours() -> None:
     obj, union = node.make(2, 0.5, False, mask=masks)
     assert obj.frame_index == 2 and obj.object_ids == [1, 2] and (obj.ids == ids).all()
     _is_mask(union, 1)
-    from comfyui_cyclevos.video_io import DAVIS_PALETTE
+    from comfyui_cyclevos.media.palette import DAVIS_PALETTE
 
     colours = torch.from_numpy(DAVIS_PALETTE[ids * 3]).float()[None] / 255  # palette colours of ids 3 and 6
     obj, _ = node.make(0, 0.5, False, image=colours)
@@ -283,7 +286,7 @@ def test_propagate_from_a_later_frame_goes_both_ways(model, frames) -> None:
     assert (masks.ids[3].numpy() == (_ids() > 0)).all()
     assert calls[0] == ("total", B) and calls[-1] == B  # every frame once
     # frames on both sides are the library's: forward from frame 3 to the end, backward from it to frame 0
-    InferenceCore = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.propagate").InferenceCore
+    InferenceCore = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.inference.engine").InferenceCore
     config = NODE_PROPAGATION._inference_config(model, 64, 5, 16, False, 5, 10, 0.0)
     drawn = (_ids() > 0).astype(np.uint8)
     for order in ([3, 4, 5], [3, 2, 1, 0]):
@@ -295,7 +298,9 @@ def test_propagate_from_a_later_frame_goes_both_ways(model, frames) -> None:
 
 def test_propagate_resizes_a_mask_drawn_at_another_resolution(model, frames) -> None:
     big = np.kron(_ids(), np.ones((2, 2), np.uint8))
-    obj, _ = M["CycleVOSFirstFrameMask"]().make(0, 0.5, False, image=torch.from_numpy(big > 0).float()[None, ..., None].expand(1, 2 * H, 2 * W, 3))
+    obj, _ = M["CycleVOSFirstFrameMask"]().make(
+        0, 0.5, False, image=torch.from_numpy(big > 0).float()[None, ..., None].expand(1, 2 * H, 2 * W, 3)
+    )
     mask, _ = M["CycleVOSPropagate"]().propagate(model, frames[:2], obj, 5, 16, 64, False, 5, 10, 0.0)
     _is_mask(mask, 2)
 
@@ -309,7 +314,9 @@ def _fake_folder_paths(monkeypatch, root: Path) -> None:
     monkeypatch.setitem(sys.modules, "folder_paths", fp)
 
 
-def test_propagate_shows_an_animated_overlay_in_the_node_and_on_the_progress_bar(model, frames, objects, tmp_path, monkeypatch) -> None:
+def test_propagate_shows_an_animated_overlay_in_the_node_and_on_the_progress_bar(
+    model, frames, objects, tmp_path, monkeypatch
+) -> None:
     from PIL import Image, ImageSequence
 
     previews = []
@@ -333,7 +340,7 @@ def test_propagate_shows_an_animated_overlay_in_the_node_and_on_the_progress_bar
     picture = Image.open(tmp_path / "temp" / shown["subfolder"] / shown["filename"])
     pictures = [np.asarray(p.convert("RGB"), np.float32) for p in ImageSequence.Iterator(picture)]
     assert len(pictures) == B and pictures[0].shape == (H, W, 3)
-    video_io = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.video_io")
+    video_io = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.media.overlay")
     for t in (0, B - 1):  # each picture is its frame with its objects drawn, in video order
         frame = (frames[t] * 255 + 0.5).to(torch.uint8).numpy()
         drawn = video_io.overlay(frame, plain[1].ids[t].numpy()).astype(np.float32)
@@ -357,7 +364,9 @@ class _fake_comfy:
         comfy = types.ModuleType("comfy")
         utils = types.ModuleType("comfy.utils")
         mm = types.ModuleType("comfy.model_management")
-        utils.ProgressBar = self.bar or (lambda total: types.SimpleNamespace(update_absolute=lambda v, t=None, preview=None: None))
+        utils.ProgressBar = self.bar or (
+            lambda total: types.SimpleNamespace(update_absolute=lambda v, t=None, preview=None: None)
+        )
 
         def check():
             self.checks += 1
@@ -388,18 +397,21 @@ def test_propagate_stops_when_cancelled(model, frames, objects) -> None:
     assert fake.checks == 3
 
 
-@pytest.mark.parametrize("keys,source,encoder,second,gc", [
-    ("stm", "stm", "resnet50", "others", True),
-    ("stm_cycle_resnet50", "stm-cycle", "resnet50", "background", True),
-    ("stm_cycle_resnet18", "stm-cycle", "resnet18", "background", True),
-    ("stm_cycle_resnet18", "stm-cycle", "resnet18", "background", False),
-])
+@pytest.mark.parametrize(
+    "keys,source,encoder,second,gc",
+    [
+        ("stm", "stm", "resnet50", "others", True),
+        ("stm_cycle_resnet50", "stm-cycle", "resnet50", "background", True),
+        ("stm_cycle_resnet18", "stm-cycle", "resnet18", "background", True),
+        ("stm_cycle_resnet18", "stm-cycle", "resnet18", "background", False),
+    ],
+)
 def test_nodes_run_a_converted_checkpoint(tmp_path, frames, objects, keys, source, encoder, second, gc) -> None:
     """The paper's own networks (STM / STM-cycle, converted) through the same nodes, in inference mode
     (with correction for each kind; cyclevos segment runs each kind with and without it)."""
     from conftest import random_state, shapes, write_source
 
-    from comfyui_cyclevos.convert import convert
+    from comfyui_cyclevos.model.convert import convert
 
     convert(write_source(random_state(shapes(keys)), tmp_path / "src.pth", source), tmp_path / "converted.pt", source)
     with torch.inference_mode():
@@ -422,20 +434,23 @@ def test_gradient_correct_any_mask_sequence(model, frames, inference) -> None:
         _is_mask(out)
         assert torch.equal(out[0], masks[0]) and torch.equal(out[1], masks[1])  # reference and skipped frames kept
         assert not torch.equal(out[2], masks[2])
-        (out2,) = M["CycleVOSGradientCorrect"]().correct(model, frames, masks, 0, 1, 50.0, 1, 64, reference_mask=masks[:1])
+        (out2,) = M["CycleVOSGradientCorrect"]().correct(
+            model, frames, masks, 0, 1, 50.0, 1, 64, reference_mask=masks[:1]
+        )
         _is_mask(out2)
     with pytest.raises(_errors().InputError, match="one mask per frame"):
         M["CycleVOSGradientCorrect"]().correct(model, frames, masks[:3], 0, 1, 0.0, 1, 64)
 
 
 def test_correct_sequence_in_the_library_keeps_detail(model, frames) -> None:
-    correction = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.correction")
+    correction = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.cycle.correction")
     masks = torch.zeros(3, 2, H, W)
     masks[:, 0, 8:30, 10:40] = 1
     masks[:, 1, 36:60, 50:90] = 1
     seen = []
-    out = correction.correct_sequence(model.net, frames[:3], masks, steps=1, alpha=0.0, size=32,
-                                      progress=lambda d, t: seen.append((d, t)))
+    out = correction.correct_sequence(
+        model.net, frames[:3], masks, steps=1, alpha=0.0, size=32, progress=lambda d, t: seen.append((d, t))
+    )
     assert out.shape == masks.shape and torch.allclose(out, masks, atol=1e-5)  # alpha 0: nothing moves, nothing blurs
     assert seen == [(0, 2), (1, 2), (2, 2)]
 
@@ -469,7 +484,7 @@ def test_save_masks_png_and_video(model, frames, objects, tmp_path, monkeypatch)
     assert folder == tmp_path / "output" / "run" / "bear_00001_"
     pngs = sorted(folder.glob("*.png"))
     assert [p.name for p in pngs] == [f"{t:05d}.png" for t in range(B)]
-    from comfyui_cyclevos.video_io import read_mask
+    from comfyui_cyclevos.media.masks import read_mask
 
     assert (read_mask(pngs[0]) == masks.ids[0].numpy()).all()
     assert (tmp_path / "output" / "run" / "bear_00001_.mp4").stat().st_size > 0
@@ -484,7 +499,7 @@ def test_save_masks_png_and_video(model, frames, objects, tmp_path, monkeypatch)
 def test_an_interrupted_save_leaves_no_complete_looking_folder(model, frames, objects, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     _, masks = M["CycleVOSPropagate"]().propagate(model, frames, objects, 5, 16, 64, False, 5, 10, 0.0)
-    video_io = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.video_io")
+    video_io = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.media.writers")
     real, written = video_io.write_palette_png, []
 
     def fail_on_the_fourth(path, ids):
@@ -572,7 +587,11 @@ def test_confidence_node_reads_the_scores_of_propagate(model, frames, objects) -
     assert sorted(masks.scores) == [2, 4]  # the correction schedule, from the drawn frame 0
     assert all(set(s) == {1, 2} and all(0 <= v <= 1 for v in s.values()) for s in masks.scores.values())
     plot, suggested, rows = M["CycleVOSConfidence"]().report(masks, 1)
-    assert tuple(plot.shape) == (1, 240, 640, 3) and plot.dtype == torch.float32 and 0 <= float(plot.min()) <= float(plot.max()) <= 1
+    assert (
+        tuple(plot.shape) == (1, 240, 640, 3)
+        and plot.dtype == torch.float32
+        and 0 <= float(plot.min()) <= float(plot.max()) <= 1
+    )
     worst = min(masks.scores, key=lambda t: min(masks.scores[t].values()))
     assert suggested == str(worst)
     lines = rows.splitlines()
@@ -650,7 +669,7 @@ def test_propagate_takes_comfyui_s_video(model, frames, objects, tmp_path) -> No
         def get_components(self):
             return types.SimpleNamespace(images=self.images, frame_rate=12)
 
-    video_io = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.video_io")
+    video_io = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.media.frames")
     decoded = torch.from_numpy(video_io.open_frames(path).read_all())
     node = M["CycleVOSPropagate"]()
     args = (5, 16, 64, False, 5, 10, 0.0)

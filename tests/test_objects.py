@@ -1,20 +1,21 @@
 """The engine's object state (issue 12): objects added and removed on any frame, per-object memory
 validity and correction references, reduced precision, and the memory guard."""
+
 import numpy as np
 import pytest
 import torch
-
-from comfyui_cyclevos import correction as correction_module
-from comfyui_cyclevos import propagate as propagate_module
-from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig, ModelConfig
-from comfyui_cyclevos.correction import gradient_correct
-from comfyui_cyclevos.errors import InputError
-from comfyui_cyclevos.losses import mask_loss
-from comfyui_cyclevos.network import CycleVOSNet, soft_aggregate
-from comfyui_cyclevos.precision import cpu_has_bf16
-from comfyui_cyclevos.propagate import InferenceCore
-
 from conftest import moving_square_clip
+
+from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig, ModelConfig
+from comfyui_cyclevos.cycle import correction as correction_module
+from comfyui_cyclevos.cycle.correction import gradient_correct
+from comfyui_cyclevos.errors import InputError
+from comfyui_cyclevos.inference import engine as propagate_module
+from comfyui_cyclevos.inference.engine import InferenceCore
+from comfyui_cyclevos.model.aggregation import soft_aggregate
+from comfyui_cyclevos.model.losses import mask_loss
+from comfyui_cyclevos.model.network import CycleVOSNet
+from comfyui_cyclevos.runtime.precision import cpu_has_bf16
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,9 @@ def net():
 
 
 def make_engine(net, precision="fp32", gc=False, K=1, N=2, **memory):
-    config = InferenceConfig(size=64, precision=precision, memory=MemoryConfig(**memory),
-                             correction=CorrectionConfig(enabled=gc, K=K, N=N))
+    config = InferenceConfig(
+        size=64, precision=precision, memory=MemoryConfig(**memory), correction=CorrectionConfig(enabled=gc, K=K, N=N)
+    )
     return InferenceCore(net, config)
 
 
@@ -70,8 +72,9 @@ def test_an_object_added_later_gives_no_nan(net, gc):
 def test_stm_layout_network_takes_an_object_added_later():
     """STM's memory encoder gives one key per object: a new object's key must join the others'."""
     torch.manual_seed(0)
-    stm = CycleVOSNet(ModelConfig(encoder="resnet18", memory_encoder="stm", key_dim=32, value_dim=64,
-                                  decoder_dims=(32, 32, 32))).eval()
+    stm = CycleVOSNet(
+        ModelConfig(encoder="resnet18", memory_encoder="stm", key_dim=32, value_dim=64, decoder_dims=(32, 32, 32))
+    ).eval()
     frames, labels = moving_square_clip(n=5, objects=2)
     eng = make_engine(stm, gc=True, K=2)
     eng.step(frames[0], only(labels[0], 1, 1))
@@ -123,7 +126,10 @@ def test_correction_strength_does_not_depend_on_the_processing_size(net):
     """The same content at twice the size gets about the same per-pixel update (the per-pixel mean loss
     alone would give a quarter)."""
     x, rx, m, ref = _square_to_correct()
-    up = lambda t: torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest")
+
+    def up(t):
+        return torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest")
+
     small = _first_update(net, x, rx, m, ref).abs().mean()
     large = _first_update(net, up(x), up(rx), up(m), up(ref)).abs().mean()
     ratio = (large / small).item()

@@ -1,16 +1,17 @@
 """The precision policy: a frozen network runs with its weights cast once, computing what autocast computes.
 bf16 autocast runs on any CPU (emulated where it is not native), so these run everywhere."""
+
 import pytest
 import torch
+from conftest import moving_square_clip
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig
-from comfyui_cyclevos.correction import gradient_correct
-from comfyui_cyclevos.network import CycleVOSNet, SplitConv2d
-from comfyui_cyclevos.precision import Precision
-from comfyui_cyclevos.propagate import InferenceCore
-
-from conftest import moving_square_clip
+from comfyui_cyclevos.cycle.correction import gradient_correct
+from comfyui_cyclevos.inference.engine import InferenceCore
+from comfyui_cyclevos.model.layers import SplitConv2d
+from comfyui_cyclevos.model.network import CycleVOSNet
+from comfyui_cyclevos.runtime.precision import Precision
 
 BF16 = Precision(torch.device("cpu"), torch.bfloat16)
 

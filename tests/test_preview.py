@@ -1,10 +1,11 @@
 """The animated overlay preview keeps few, small thumbnails however long the video."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageSequence
 
-from comfyui_cyclevos.preview import OverlayPreview
+from comfyui_cyclevos.media.preview import OverlayPreview
 
 
 def test_a_long_video_keeps_at_most_max_frames_small_thumbnails_in_order(tmp_path) -> None:
@@ -24,7 +25,9 @@ def test_a_long_video_keeps_at_most_max_frames_small_thumbnails_in_order(tmp_pat
         corners.append(np.asarray(picture.convert("RGB"))[-1, -1, 0])
         durations.append(picture.info["duration"])
     assert sum(durations) == 50 * 200  # 50 thumbnails, each 4 frames of a 20 fps video
-    assert len(corners) > 10 and np.all(np.diff(np.asarray(corners, float)) > 0)  # background brightness t grows: video order
+    assert len(corners) > 10 and np.all(
+        np.diff(np.asarray(corners, float)) > 0
+    )  # background brightness t grows: video order
 
 
 def test_an_empty_preview_is_not_saved(tmp_path) -> None:

@@ -1,11 +1,12 @@
 """Synthetic clips from still images with masks (the static training stage), on generated images."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from comfyui_cyclevos.errors import InputError
-from comfyui_cyclevos.static_clips import StaticClipConfig, StaticClipSampler, find_pairs
+from comfyui_cyclevos.training.static_clips import StaticClipConfig, StaticClipSampler, find_pairs
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 230), (230, 200, 40)]
 

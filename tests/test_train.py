@@ -3,14 +3,13 @@ import csv
 import numpy as np
 import pytest
 import torch
+from conftest import moving_square_clip
 from PIL import Image
 
-from comfyui_cyclevos.checkpoint import load_checkpoint
-from comfyui_cyclevos.data import ClipConfig, ClipSampler
-from comfyui_cyclevos.train import CycleLoss, TrainConfig, train
-from comfyui_cyclevos.network import CycleVOSNet
-
-from conftest import moving_square_clip
+from comfyui_cyclevos.model.checkpoint import load_checkpoint
+from comfyui_cyclevos.model.network import CycleVOSNet
+from comfyui_cyclevos.training.clips import ClipConfig, ClipSampler
+from comfyui_cyclevos.training.train import CycleLoss, TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def test_clip_sampler_shapes_and_objects(davis_root):
     assert 0 <= frames.min() and frames.max() <= 1
     assert set(masks.unique().tolist()) <= {0.0, 1.0}
     assert valid[:, 0].all()
-    assert ((masks[:, 0] * masks[:, 1]).sum() == 0)  # a pasted object covers what is under it
+    assert (masks[:, 0] * masks[:, 1]).sum() == 0  # a pasted object covers what is under it
 
 
 def test_cyclic_loss_adds_the_backward_term(davis_root):
@@ -103,8 +102,25 @@ def test_train_resnet18_from_a_torchvision_imagenet_file(davis_root, tmp_path):
 
     imagenet = random_state(shapes("torchvision_resnet18"), seed=5)
     torch.save(imagenet, tmp_path / "resnet18.pth")
-    args = ["train", "--data", str(davis_root), "--out", str(tmp_path / "run"), "--arch", "resnet18",
-            "--init", str(tmp_path / "resnet18.pth"), "--steps", "1", "--batch", "1", "--crop", "64", "--threads", "1"]
+    args = [
+        "train",
+        "--data",
+        str(davis_root),
+        "--out",
+        str(tmp_path / "run"),
+        "--arch",
+        "resnet18",
+        "--init",
+        str(tmp_path / "resnet18.pth"),
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+        "--crop",
+        "64",
+        "--threads",
+        "1",
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     net = load_checkpoint(tmp_path / "run" / "final.pt")

@@ -1,4 +1,5 @@
 """Video/mask I/O: every mask format, the user-facing errors, lazy reading and the atomic writers."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,17 +10,12 @@ import pytest
 from PIL import Image
 
 from comfyui_cyclevos.errors import InputError
-from comfyui_cyclevos.video_io import (
-    DAVIS_PALETTE,
-    MaskVideoWriter,
-    OverlayVideoWriter,
-    check_mask,
-    mask_from_array,
-    open_frames,
-    overlay,
-    read_mask,
-    write_palette_png,
-)
+from comfyui_cyclevos.inference.objects import check_mask
+from comfyui_cyclevos.media.frames import open_frames
+from comfyui_cyclevos.media.masks import mask_from_array, read_mask
+from comfyui_cyclevos.media.overlay import overlay
+from comfyui_cyclevos.media.palette import DAVIS_PALETTE
+from comfyui_cyclevos.media.writers import MaskVideoWriter, OverlayVideoWriter, write_palette_png
 
 H, W = 48, 64
 
@@ -54,8 +50,17 @@ def _write_video(path: Path, n: int = 12, fps: float = 10.0, h: int = H, w: int 
 
 def test_palette_is_the_voc_map() -> None:
     assert DAVIS_PALETTE.shape == (256, 3) and DAVIS_PALETTE.dtype == np.uint8
-    expected = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 4: (0, 0, 128),
-                5: (128, 0, 128), 7: (128, 128, 128), 8: (64, 0, 0), 255: (224, 224, 192)}
+    expected = {
+        0: (0, 0, 0),
+        1: (128, 0, 0),
+        2: (0, 128, 0),
+        3: (128, 128, 0),
+        4: (0, 0, 128),
+        5: (128, 0, 128),
+        7: (128, 128, 128),
+        8: (64, 0, 0),
+        255: (224, 224, 192),
+    }
     for i, rgb in expected.items():
         assert tuple(DAVIS_PALETTE[i]) == rgb, i
     assert len({tuple(c) for c in DAVIS_PALETTE}) == 256
@@ -197,7 +202,7 @@ def test_video_options(tmp_path: Path) -> None:
 
 
 def test_folder_sorted_by_name_and_options(tmp_path: Path) -> None:
-    for i, name in enumerate(["f2", "f10", "f1", "f3"]):
+    for _i, name in enumerate(["f2", "f10", "f1", "f3"]):
         Image.fromarray(_frame(int(name[1:]))).save(tmp_path / f"{name}.png")
     (tmp_path / "notes.txt").write_text("not a frame")
     (tmp_path / "sub").mkdir()
@@ -211,14 +216,16 @@ def test_folder_sorted_by_name_and_options(tmp_path: Path) -> None:
     assert [s for s, _ in open_frames(tmp_path, max_frames=2)] == ["f1", "f2"]
 
 
-def test_read_all_as_float_batch_and_refuses_what_memory_cannot_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_all_as_float_batch_and_refuses_what_memory_cannot_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for i in range(3):
         Image.fromarray(_frame(i)).save(tmp_path / f"{i}.png")
     seen = []
     batch = open_frames(tmp_path).read_all(seen.append)
     assert batch.shape == (3, H, W, 3) and batch.dtype == np.float32 and seen == [1, 2, 3]
     np.testing.assert_allclose(batch, np.stack([f for _, f in open_frames(tmp_path)]) / 255.0, atol=1e-6)
-    from comfyui_cyclevos import video_io
+    from comfyui_cyclevos.media import frames as video_io
 
     monkeypatch.setattr(video_io, "available_memory", lambda: 1000)
     with pytest.raises(InputError, match="every_nth"):
