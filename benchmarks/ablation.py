@@ -32,7 +32,7 @@ REFERENCE_SETS = {
 
 def run(net, data: Path, memory: MemoryConfig, gc: bool, alpha: float, device) -> tuple[float, float, float]:
     """J, F and J&F in percent."""
-    cfg = InferenceConfig(memory=memory, correction=CorrectionConfig(enabled=gc, alpha=alpha))
+    cfg = InferenceConfig(memory=memory, correction=CorrectionConfig(enabled=gc, rate=alpha))
     j, f, jf, _ = score(net, data, cfg, device)
     return 100 * j, 100 * f, 100 * jf
 
@@ -46,7 +46,7 @@ def main() -> None:
     a = ap.parse_args()
     device = pick_device(a.device)
     nets = {
-        name: (load_checkpoint(p, device), float(checkpoint_meta(p).get("gc_rate", CorrectionConfig.alpha)))
+        name: (load_checkpoint(p, device), float(checkpoint_meta(p).get("gc_rate", CorrectionConfig.rate)))
         for name, p in (("baseline", a.baseline), ("cyclic", a.cyclic))
     }
     t3 = {}

@@ -75,13 +75,13 @@ def main() -> None:
     device = pick_device(a.device)
     weights = a.weights or default_weights_path()
     net = load_checkpoint(weights, device)
-    alpha = float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.alpha))
+    alpha = float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.rate))
     names = list_sequences(a.data)
     data = {n: load_sequence(a.data, n) for n in names}
     for mode in a.reference.split(","):
         config = InferenceConfig(
             precision=a.precision,
-            correction=CorrectionConfig(enabled=a.gc, alpha=alpha),
+            correction=CorrectionConfig(enabled=a.gc, rate=alpha),
             confidence=ConfidenceConfig(enabled=True, every=1, reference=mode),
         )
         pooled_s, pooled_j, per_seq = [], [], []
@@ -111,7 +111,7 @@ def main() -> None:
     InferenceCore._score = timed
     config = InferenceConfig(
         precision=a.precision,
-        correction=CorrectionConfig(enabled=True, alpha=alpha),
+        correction=CorrectionConfig(enabled=True, rate=alpha),
         confidence=ConfidenceConfig(enabled=True),
     )
     total = 0.0

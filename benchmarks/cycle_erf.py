@@ -59,7 +59,12 @@ def main() -> None:
         x, y = load_sequence(args.data, seq)
         t = min(args.target, len(x) - 1)
         ref_obj, target_obj = y[0] > 0, y[t] > 0
-        maps = {k: compute_cycle_erf(net, x[0], x[t], target_obj, args.size, config) for k, net in nets.items()}
+        maps = {
+            k: compute_cycle_erf(
+                net, ref_frame=x[0], target_frame=x[t], target_mask=target_obj, size=args.size, config=config
+            )
+            for k, net in nets.items()
+        }
         raw = {k: m.map * m.scale for k, m in maps.items()}  # each map is its raw map over its own peak
         peaks = {k: m.peak for k, m in maps.items()}
         for k, m in raw.items():

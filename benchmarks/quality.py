@@ -38,7 +38,7 @@ def score(net, data: Path, cfg: InferenceConfig, device) -> tuple[float, float, 
     """Segment every sequence of ``data`` with ``cfg`` and score it: J, F, J&F and frames per second."""
     names = list_sequences(data)
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        stats = segment_davis(net, data, names, tmp, cfg, device)
+        stats = segment_davis(net, data, names, tmp, config=cfg, device=device)
         ev = evaluate_folders(tmp, data, names)
     return ev.j_mean, ev.f_mean, ev.jf_mean, stats.fps
 
@@ -49,13 +49,13 @@ def gc_config(
     hard_memory: bool = True,
     precision: str = "auto",
     size: int = 240,
-    steps: int = CorrectionConfig.N,
+    steps: int = CorrectionConfig.steps,
 ) -> InferenceConfig:
     return InferenceConfig(
         size=size,
         precision=precision,
         memory=MemoryConfig(hard=hard_memory),
-        correction=CorrectionConfig(enabled=enabled, alpha=alpha, N=steps),
+        correction=CorrectionConfig(enabled=enabled, rate=alpha, steps=steps),
     )
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--gc-rate", type=float, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--sweep", default=None, help="comma-separated correction rates to compare")
-    ap.add_argument("--sweep-steps", default=str(CorrectionConfig.N), help="with --sweep: comma-separated steps N")
+    ap.add_argument("--sweep-steps", default=str(CorrectionConfig.steps), help="with --sweep: comma-separated steps N")
     ap.add_argument(
         "--soft-memory", action="store_true", help="memorise probabilities, not label maps (MemoryConfig.hard=False)"
     )
@@ -103,7 +103,7 @@ def run(a: argparse.Namespace) -> None:
                 )
         return
     alpha = (
-        a.gc_rate if a.gc_rate is not None else float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.alpha))
+        a.gc_rate if a.gc_rate is not None else float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.rate))
     )
     for precision in a.precision.split(","):
         for size in (int(x) for x in a.size.split(",")):

@@ -76,14 +76,14 @@ def _inference_options(fn):
         click.option(
             "--gc-every",
             type=click.IntRange(min=1),
-            default=CorrectionConfig.K,
+            default=CorrectionConfig.every,
             show_default=True,
             help="Correct every K-th frame.",
         ),
         click.option(
             "--gc-steps",
             type=click.IntRange(min=1),
-            default=CorrectionConfig.N,
+            default=CorrectionConfig.steps,
             show_default=True,
             help="N gradient steps per corrected frame (the rate is quoted at 10: fewer steps take larger ones).",
         ),
@@ -96,7 +96,7 @@ def _inference_options(fn):
         click.option(
             "--mem-every",
             type=click.IntRange(min=1),
-            default=MemoryConfig.K,
+            default=MemoryConfig.every,
             show_default=True,
             help="Add every K-th frame to memory.",
         ),
@@ -113,8 +113,9 @@ def _inference_options(fn):
     return fn
 
 
-def _engine_setup(weights, device, size, precision, gc, gc_every, gc_steps, gc_rate, mem_every, mem_capacity):
-    from .config import CorrectionConfig, InferenceConfig, MemoryConfig
+def _engine_setup(*, weights, device, precision, **options):
+    """The network, the engine's config and the device from the options of ``_inference_options``."""
+    from .config import InferenceConfig
     from .model.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
     from .runtime.device import pick_device
     from .runtime.precision import pick_precision
@@ -123,14 +124,8 @@ def _engine_setup(weights, device, size, precision, gc, gc_every, gc_steps, gc_r
     pick_precision(dev, precision)  # an unsupported precision fails here, before any work
     path = Path(weights) if weights else default_weights_path()
     net = load_checkpoint(path, dev)
-    if gc_rate is None:
-        gc_rate = float(checkpoint_meta(path).get("gc_rate", CorrectionConfig.alpha))
-    cfg = InferenceConfig(
-        size=size,
-        precision=precision,
-        memory=MemoryConfig(K=mem_every, capacity=mem_capacity),
-        correction=CorrectionConfig(enabled=gc, K=gc_every, N=gc_steps, alpha=gc_rate),
-    )
+    rate = checkpoint_meta(path).get("gc_rate")
+    cfg = InferenceConfig.from_options(precision=precision, checkpoint_rate=rate, **options)
     return net, cfg, dev
 
 
@@ -283,10 +278,10 @@ def segment(
             source,
             keyframes,
             out_dir,
-            cfg,
-            dev,
-            overlay,
-            mask_video,
+            config=cfg,
+            device=dev,
+            overlay_path=overlay,
+            mask_video_path=mask_video,
             progress=bar.update,
             removals=removal_frames,
             report=report,
@@ -318,7 +313,16 @@ def demo(out_dir, **engine_options):
     out = Path(out_dir)
     overlay = out.with_name(out.name + "-overlay.mp4")
     with click.progressbar(length=len(source), label="segmenting the demo clip", file=sys.stderr) as bar:
-        stats = segment_video(net, source, {0: read_mask(mask_path)}, out, cfg, dev, overlay, progress=bar.update)
+        stats = segment_video(
+            net,
+            source,
+            {0: read_mask(mask_path)},
+            out,
+            config=cfg,
+            device=dev,
+            overlay_path=overlay,
+            progress=bar.update,
+        )
     click.echo(f"{stats.frames} frames at {stats.fps:.1f} frames/s")
     click.echo(f"masks:   {out.resolve()}/")
     click.echo(f"overlay: {overlay.resolve()}")
@@ -370,7 +374,7 @@ def eval_cmd(pred, gt, data, out_dir, sequences, per_frame_csv, csv_path, **engi
     names = sequences.split(",") if sequences else list_sequences(data)
     tmp = None if out_dir else tempfile.TemporaryDirectory(prefix="cyclevos-eval-")
     root = Path(out_dir or tmp.name)
-    stats = segment_davis(net, data, names, root, cfg, dev, log=lambda s: click.echo(s, err=True))
+    stats = segment_davis(net, data, names, root, config=cfg, device=dev, log=lambda s: click.echo(s, err=True))
     run_eval(root, data, ",".join(names), per_frame_csv, csv_path, echo=click.echo)
     click.echo(
         f"speed: {stats.fps:.2f} frames/s over {stats.frames} frames (gradient correction {'on' if cfg.correction.enabled else 'off'})"
@@ -487,7 +491,14 @@ def erf(
         check_mask(ref_ids, source.size, "the reference mask")
         outline = ref_ids == object_id if object_id is not None else ref_ids > 0
     result = compute_cycle_erf(
-        net, frames[ref_frame], frames[target_frame], target, size, CycleERFConfig(M=steps), dev, scale=scale
+        net,
+        ref_frame=frames[ref_frame],
+        target_frame=frames[target_frame],
+        target_mask=target,
+        size=size,
+        config=CycleERFConfig(steps=steps),
+        device=dev,
+        scale=scale,
     )
     Image.fromarray((result.map * 255 + 0.5).astype(np.uint8)).save(out_path)
     if overlay:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
+
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -42,42 +45,51 @@ class ModelConfig:
 
 @dataclass
 class CorrectionConfig:
-    """Gradient correction, paper Eq. 5: every K-th frame, N steps of rate alpha on the soft mask.
+    """Gradient correction, paper Eq. 5: on every ``every``-th frame (K), ``steps`` (N) gradient steps of rate
+    ``rate`` (α) move the soft mask so that the network, remembering only that frame and its mask,
+    reconstructs the reference mask; ``gamma`` (γ) weighs the soft-IoU term of the loss (Eq. 4).
 
-    The loss (Eq. 4) is a per-pixel *mean* cross-entropy plus gamma * (1 - soft IoU), so alpha is large.
-    alpha is quoted at the paper's N = 10 steps; N steps take alpha * 10 / N each (``correction.step_size``),
-    so one rate keeps the same total correction at any N. Dev J&F (fp32) is 70.0-70.3 above a cliff in
-    alpha and about 68 below it; the cliff lies between 100 and 120 for N = 4 and 5 and between 120 and 135
-    for N = 2 and 3. With bf16 convolutions N = 3 also falls at alpha 165-180 (68.3, 68.5) where N = 4
-    holds (70.2). N = 4 costs 40 % of the paper's 10 steps with a margin on both sides of alpha = 150.
+    The loss is a per-pixel *mean*, so α is large. α is quoted at the paper's N = 10: each of N steps takes
+    α · 10 / N (``correction.step_size``), so one rate keeps the same total correction at any N. The dev
+    grid behind N = 4 and α = 150 is in docs/quality.md.
     """
 
     enabled: bool = True
-    K: int = 5
-    N: int = 4
-    alpha: float = 150.0
-    gamma: float = 1.0
-    # Rate for a box-shaped mask given on a later frame (paper Table 5): a box is far from the object, and
-    # on the dev sequences only a larger rate moved boxes toward it (mean IoU of 10 dev boxes: 0.306 as
-    # given, 0.305 after correction at 150, 0.314 at 1500), while 150 is the better rate for predictions.
-    coarse_alpha: float = 1500.0
+    every: int = 5  # K
+    steps: int = 4  # N
+    rate: float = 150.0  # α
+    gamma: float = 1.0  # γ
+    # α for a box-shaped mask given on a later frame (paper Table 5): a box is far from the object, and only a
+    # larger rate moves it toward the object (docs/quality.md), while ``rate`` is the better one for predictions.
+    coarse_rate: float = 1500.0
+
+    def __post_init__(self) -> None:
+        _at_least(self, "every", 1)
+        _at_least(self, "steps", 1)
+        _finite(self, "rate", minimum=0.0)
+        _finite(self, "gamma", minimum=0.0)
+        _finite(self, "coarse_rate", minimum=0.0)
 
 
 @dataclass
 class MemoryConfig:
-    """Memory schedule: first frame permanent, every K-th frame added, the previous frame temporary,
-    at most ``capacity`` non-permanent entries (oldest dropped first)."""
+    """Memory schedule (paper §4.3): the first frame permanent, every ``every``-th frame (K) added, the previous
+    frame temporary, at most ``capacity`` non-permanent entries (oldest dropped first), so time and memory
+    per frame stay flat on long videos."""
 
-    K: int = 5
+    every: int = 5  # K
     capacity: int = 16
     use_first: bool = True
     use_previous: bool = True
     use_every_k: bool = True
-    # Memorise each frame's label map (one-hot of the argmax, exactly the mask that is written) rather
-    # than its soft probabilities (STM's choice). Faint probabilities over the background, and the
-    # residue that gradient correction leaves there, otherwise enter the memory values and pull later
-    # frames off the object. Dev J&F of the cyclic run at 3500 steps: 66.6 soft, 68.0 label maps.
+    # Memorise each frame's label map (one-hot of the argmax, exactly the mask that is written) rather than its
+    # soft probabilities (STM's choice): faint probabilities over the background, and the residue that
+    # gradient correction leaves there, otherwise enter the memory values and pull later frames off the object.
     hard: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least(self, "every", 1)
+        _at_least(self, "capacity", 1)
 
 
 @dataclass
@@ -85,7 +97,7 @@ class ConfidenceConfig:
     """Cycle confidence: how well frame t's written mask explains a reference mask through Eq. 2 (the
     network remembers only {X_t, Y_t} and predicts the reference frame back), as IoU in [0, 1].
 
-    ``every`` 0 scores the correction schedule's frames (every ``CorrectionConfig.K``-th, with correction
+    ``every`` 0 scores the correction schedule's frames (every ``CorrectionConfig.every``-th, with correction
     on or off); n scores every n-th frame. ``reference``: ``own`` each object's latest precise mask (what
     correction uses), ``recent`` the latest memorised frame and its written mask, ``both`` their mean."""
 
@@ -93,29 +105,86 @@ class ConfidenceConfig:
     every: int = 0
     reference: str = "both"
 
+    def __post_init__(self) -> None:
+        _at_least(self, "every", 0)
+        if self.reference not in ("own", "recent", "both"):
+            raise InputError(f"ConfidenceConfig.reference is {self.reference!r}: choose own, recent or both")
+
 
 @dataclass
 class InferenceConfig:
     """Everything the engine needs besides the network."""
 
-    size: int = 240  # processing short side, the paper's
+    size: int = 240  # processing short side, the paper's (0: the frame's own size)
     precision: str = "auto"  # auto|fp32|bf16|fp16, resolved once per engine by precision.pick_precision
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
 
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        size: int = 240,
+        precision: str = "auto",
+        gc: bool = True,
+        gc_every: int = CorrectionConfig.every,
+        gc_steps: int = CorrectionConfig.steps,
+        gc_rate: float | None = None,
+        mem_every: int = MemoryConfig.every,
+        mem_capacity: int = MemoryConfig.capacity,
+        checkpoint_rate: float | None = None,
+    ) -> InferenceConfig:
+        """The config from the flat options of the CLI and the nodes (one vocabulary: ``gc_*`` are the fields
+        of ``CorrectionConfig``, ``mem_*`` those of ``MemoryConfig``). ``gc_rate`` None (or 0, a node's
+        "default") takes ``checkpoint_rate``, the rate measured for the checkpoint, else the default α."""
+        if not gc_rate:
+            gc_rate = CorrectionConfig.rate if checkpoint_rate is None else float(checkpoint_rate)
+        return cls(
+            size=int(size),
+            precision=precision,
+            memory=MemoryConfig(every=int(mem_every), capacity=int(mem_capacity)),
+            correction=CorrectionConfig(
+                enabled=bool(gc), every=int(gc_every), steps=int(gc_steps), rate=float(gc_rate)
+            ),
+        )
+
+    def __post_init__(self) -> None:
+        _at_least(self, "size", 0)
+        if 0 < self.size < 16:
+            raise InputError(
+                f"size {self.size} is too small: give a processing short side of at least 16 (or 0: native)"
+            )
+
 
 @dataclass
 class CycleERFConfig:
-    """Cycle-ERF, paper Eq. 6: M gradient steps from an all-zero mask on the reference frame.
+    """Cycle-ERF, paper Eq. 6: ``steps`` (M) gradient steps of rate ``rate`` (α) from an all-zero mask on the
+    reference frame; ``gamma`` (γ) as in Eq. 4.
 
-    ``smooth``: sigma in processing pixels of the Gaussian applied to the Eq. 6 result (0: none). The
-    mask enters the network through stride-2 and stride-4 convolutions, whose gradient leaves a period-2/4
-    checkerboard on the raw map (on camel, 11 % and 3 % of the map's energy); sigma 1.5 removes it and
-    keeps the in/out ratio (7.55 raw, 7.50 smoothed), where averaging over 16 input jitters costs 16x and
-    lowers it to 6.57."""
+    ``smooth``: sigma in processing pixels of the Gaussian applied to the Eq. 6 result (0: none). The mask
+    enters the network through stride-2 and stride-4 convolutions, whose gradient leaves a period-2/4
+    checkerboard on the raw map; a small blur removes it without moving the map's mass (docs/quality.md)."""
 
-    M: int = 50
-    alpha: float = 150.0
-    gamma: float = 1.0
+    steps: int = 50  # M
+    rate: float = 150.0  # α
+    gamma: float = 1.0  # γ
     smooth: float = 1.5
+
+    def __post_init__(self) -> None:
+        _at_least(self, "steps", 1)
+        _finite(self, "rate", minimum=0.0)
+        _finite(self, "gamma", minimum=0.0)
+        _finite(self, "smooth", minimum=0.0)
+
+
+def _at_least(config, name: str, minimum: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{type(config).__name__}.{name} is {value!r}: give a whole number of at least {minimum}")
+
+
+def _finite(config, name: str, *, minimum: float) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise InputError(f"{type(config).__name__}.{name} is {value!r}: give a finite number of at least {minimum:g}")

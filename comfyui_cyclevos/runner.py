@@ -94,6 +94,7 @@ def segment_frames(
     net: CycleVOSNet,
     frames,
     keyframes: dict[int, np.ndarray],
+    *,
     config: InferenceConfig | None = None,
     device: torch.device | None = None,
     precision: Precision | None = None,
@@ -129,6 +130,7 @@ def segment_video(
     source: FrameSource,
     keyframes: dict[int, np.ndarray],
     out_dir: str | os.PathLike,
+    *,
     config: InferenceConfig | None = None,
     device: torch.device | None = None,
     overlay_path: str | os.PathLike | None = None,
@@ -218,6 +220,7 @@ def segment_davis(
     data: str | os.PathLike,
     names: list[str],
     out_root: str | os.PathLike,
+    *,
     config: InferenceConfig | None = None,
     device: torch.device | None = None,
     log: Callable[[str], None] | None = None,
@@ -238,8 +241,8 @@ def segment_davis(
             open_frames(frame_paths[0].parent),
             {0: read_mask(annotations[0])},
             Path(out_root) / name,
-            config,
-            device,
+            config=config,
+            device=device,
         )
         if log is not None:
             log(f"{name}: {stats.frames} frames, {stats.fps:.2f} frames/s")

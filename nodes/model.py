@@ -140,7 +140,7 @@ def load_model(path: str | os.PathLike, device: str = "auto", precision: str = "
         net = load_checkpoint(
             path, "cpu"
         )  # for inference: weights frozen, correction differentiates w.r.t. the mask only
-        gc_rate = float(checkpoint_meta(path).get("gc_rate", CorrectionConfig.alpha))
+        gc_rate = float(checkpoint_meta(path).get("gc_rate", CorrectionConfig.rate))
         patcher = _model_patcher(net, dev)
         if patcher is None:
             with torch.inference_mode(False):  # ordinary tensors, as load_checkpoint makes them

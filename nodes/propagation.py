@@ -17,7 +17,6 @@ from .common import (
     _SIZE_IN,
     CATEGORY,
     DEFAULT_FPS,
-    CycleVOSModel,
     ObjectMasks,
     _fit_to_frames,
     _folder_paths,
@@ -30,22 +29,6 @@ from .common import (
     _show_preview,
     _video_frames,
 )
-
-
-def _inference_config(
-    model: CycleVOSModel, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate
-):
-    return InferenceConfig(
-        size=int(size),
-        precision=model.precision.name,
-        memory=MemoryConfig(K=int(mem_every), capacity=int(mem_capacity)),
-        correction=CorrectionConfig(
-            enabled=bool(gradient_correction),
-            K=int(gc_every),
-            N=int(gc_steps),
-            alpha=float(gc_rate) if gc_rate > 0 else model.gc_rate,
-        ),
-    )
 
 
 class CycleVOSPropagate:
@@ -76,7 +59,7 @@ class CycleVOSPropagate:
                         "tooltip": "The objects drawn on one or more frames, from CycleVOS First Frame Mask (and Keyframe nodes after it)."
                     },
                 ),
-                "mem_every": _int(MemoryConfig.K, 1, 1000, "Add every K-th frame to the memory (the paper's 5)."),
+                "mem_every": _int(MemoryConfig.every, 1, 1000, "Add every K-th frame to the memory (the paper's 5)."),
                 "mem_capacity": _int(
                     MemoryConfig.capacity,
                     1,
@@ -91,9 +74,9 @@ class CycleVOSPropagate:
                         "tooltip": "Refine every K-th frame's mask against the drawn mask (paper Eq. 5); about 2-5x slower on those frames.",
                     },
                 ),
-                "gc_every": _int(CorrectionConfig.K, 1, 1000, "Correct every K-th frame."),
+                "gc_every": _int(CorrectionConfig.every, 1, 1000, "Correct every K-th frame."),
                 "gc_steps": _int(
-                    CorrectionConfig.N,
+                    CorrectionConfig.steps,
                     1,
                     200,
                     "N gradient steps per corrected frame (the rate is quoted at 10: fewer steps take larger ones).",
@@ -148,12 +131,12 @@ class CycleVOSPropagate:
         model,
         frames=None,
         objects=None,
-        mem_every=MemoryConfig.K,
+        mem_every=MemoryConfig.every,
         mem_capacity=MemoryConfig.capacity,
         size=240,
         gradient_correction=True,
-        gc_every=CorrectionConfig.K,
-        gc_steps=CorrectionConfig.N,
+        gc_every=CorrectionConfig.every,
+        gc_steps=CorrectionConfig.steps,
         gc_rate=0.0,
         video=None,
         confidence=None,
@@ -170,39 +153,26 @@ class CycleVOSPropagate:
                 frames, temporary = _video_frames(video)
             else:
                 frames = _frames(frames)
-            return self._propagate(
-                model,
-                frames,
-                objects,
-                mem_every,
-                mem_capacity,
-                size,
-                gradient_correction,
-                gc_every,
-                gc_steps,
-                gc_rate,
-                confidence,
-                preview,
+            config = InferenceConfig.from_options(
+                size=size,
+                precision=model.precision.name,
+                gc=gradient_correction,
+                gc_every=gc_every,
+                gc_steps=gc_steps,
+                gc_rate=gc_rate,
+                mem_every=mem_every,
+                mem_capacity=mem_capacity,
+                checkpoint_rate=model.gc_rate,
             )
+            config = replace(  # on unless turned off
+                config, confidence=replace(config.confidence, enabled=confidence is None or bool(confidence))
+            )
+            return self._propagate(model, frames, objects, config, preview=preview)
         finally:
             if temporary is not None:
                 temporary.unlink(missing_ok=True)
 
-    def _propagate(
-        self,
-        model,
-        frames,
-        objects,
-        mem_every,
-        mem_capacity,
-        size,
-        gradient_correction,
-        gc_every,
-        gc_steps,
-        gc_rate,
-        confidence,
-        preview,
-    ):
+    def _propagate(self, model, frames, objects, config: InferenceConfig, *, preview):
         B, (H, W) = len(frames), tuple(frames.shape[1:3]) if isinstance(frames, torch.Tensor) else frames.size
         keyframes = {}
         for t, drawn in sorted(objects.keyframes.items()):
@@ -213,12 +183,6 @@ class CycleVOSPropagate:
                 _fit_to_frames(tuple(ids.shape), (H, W), "the objects' mask")
                 ids = _resize_nearest(ids, (H, W))
             keyframes[t] = ids.numpy()
-        config = _inference_config(
-            model, size, mem_every, mem_capacity, gradient_correction, gc_every, gc_steps, gc_rate
-        )
-        config = replace(
-            config, confidence=replace(config.confidence, enabled=confidence is None or bool(confidence))
-        )  # on unless turned off
         from ..comfyui_cyclevos.media.preview import OverlayPreview
         from ..comfyui_cyclevos.runner import segment_frames
 
@@ -232,7 +196,15 @@ class CycleVOSPropagate:
             shown = thumbnails is not None and thumbnails.add(t, frame, ids)
             progress.update(done, thumbnails.latest if shown else None)
 
-        result = segment_frames(model.ready(), frames, keyframes, config, model.device, model.precision, report)
+        result = segment_frames(
+            model.ready(),
+            frames,
+            keyframes,
+            config=config,
+            device=model.device,
+            precision=model.precision,
+            progress=report,
+        )
         masks = ObjectMasks(result.ids, result.object_ids, result.scores)
         outputs = ((masks.ids > 0).float(), masks)
         if thumbnails is None:  # outside ComfyUI, or preview off
@@ -304,23 +276,23 @@ class CycleVOSGradientCorrect:
                 "reference_frame": _int(
                     0, 0, 1_000_000, "Index of the frame whose mask is trusted (usually the drawn one)."
                 ),
-                "steps": _int(
-                    CorrectionConfig.N,
+                "gc_steps": _int(
+                    CorrectionConfig.steps,
                     1,
                     200,
                     "N gradient steps per frame (the rate is quoted at 10: fewer steps take larger ones).",
                 ),
-                "rate": (
+                "gc_rate": (
                     "FLOAT",
                     {
                         "default": 0.0,
                         "min": 0.0,
                         "max": 10000.0,
                         "step": 1.0,
-                        "tooltip": "Step size alpha (0 = the checkpoint's measured rate, else 150).",
+                        "tooltip": "Step size α (0 = the checkpoint's measured rate, else 150).",
                     },
                 ),
-                "every": _int(1, 1, 1000, "Correct every n-th frame counted from the reference (1 = all)."),
+                "gc_every": _int(1, 1, 1000, "Correct every n-th frame counted from the reference (1 = all)."),
                 "size": _SIZE_IN,
             },
             "optional": {
@@ -337,9 +309,9 @@ class CycleVOSGradientCorrect:
         frames,
         masks,
         reference_frame=0,
-        steps=CorrectionConfig.N,
-        rate=0.0,
-        every=1,
+        gc_steps=CorrectionConfig.steps,
+        gc_rate=0.0,
+        gc_every=1,
         size=240,
         reference_mask=None,
     ):
@@ -368,11 +340,11 @@ class CycleVOSGradientCorrect:
             model.ready(),
             frames,
             masks,
-            int(reference_frame),
-            ref,
-            int(steps),
-            float(rate) if rate > 0 else model.gc_rate,
-            every=int(every),
+            reference_index=int(reference_frame),
+            reference_mask=ref,
+            steps=int(gc_steps),
+            rate=float(gc_rate) if gc_rate > 0 else model.gc_rate,
+            every=int(gc_every),
             size=int(size),
             device=model.device,
             progress=report,
@@ -462,13 +434,13 @@ class CycleVOSCycleERF:
             outline = (_frame_mask(reference_mask, reference_frame, B, (H, W), "reference_mask") > 0.5).numpy()
         result = compute_cycle_erf(
             model.ready(),
-            frames[reference_frame],
-            frames[target_frame],
-            target.numpy(),
-            int(size),
-            CycleERFConfig(M=int(steps), alpha=model.gc_rate),
-            model.device,
-            model.precision,
+            ref_frame=frames[reference_frame],
+            target_frame=frames[target_frame],
+            target_mask=target.numpy(),
+            size=int(size),
+            config=CycleERFConfig(steps=int(steps), rate=model.gc_rate),
+            device=model.device,
+            precision=model.precision,
             scale=float(scale) or None,
         )
         heat = heatmap_overlay(to_uint8(frames[reference_frame]), result.map, outline, result.scale)

@@ -23,7 +23,7 @@ CORRECTIONS = textwrap.dedent("""
     m, rm = torch.rand(1, 5, 240, 432), (torch.rand(1, 5, 240, 432) > 0.5).float()
     with torch.no_grad():
         f, fr = net.encode_frame(x), net.encode_frame(xr)
-    correct = lambda: gradient_correct(net, m, x, f, xr, fr, rm, 2)
+    correct = lambda: gradient_correct(net, m, x, f, ref_frame=xr, ref_features=fr, ref_masks=rm, steps=2)
     faults = []
     for _ in range(6):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -26,7 +26,7 @@ def test_the_score_tells_the_engine_s_mask_from_a_wrong_one():
     frames = [f for _, (_, f) in zip(range(6), open_frames(clip))]
     config = InferenceConfig(
         precision="fp32",
-        correction=CorrectionConfig(enabled=False, K=5),
+        correction=CorrectionConfig(enabled=False, every=5),
         confidence=ConfidenceConfig(enabled=True, reference="own"),
     )
     eng = InferenceCore(net, config)
@@ -41,8 +41,12 @@ def test_the_score_tells_the_engine_s_mask_from_a_wrong_one():
         features = net.encode_frame(x)
     written = geo.masks_in(torch.from_numpy(eng.labels(probs) == 1)[None], eng.device)
     moved = torch.roll(written, shifts=(written.shape[-2] // 2, written.shape[-1] // 2), dims=(-2, -1))
-    again = reference_iou(net, written, x, features, group.reference.x, group.reference.features, group.targets)
-    wrong = reference_iou(net, moved, x, features, group.reference.x, group.reference.features, group.targets)
+    again = reference_iou(
+        net, written, x, features, ref_x=group.reference.x, ref_features=group.reference.features, targets=group.targets
+    )
+    wrong = reference_iou(
+        net, moved, x, features, ref_x=group.reference.x, ref_features=group.reference.features, targets=group.targets
+    )
     assert abs(float(again[0]) - right) < 0.05
     assert right > 0.6 and float(wrong[0]) < right - 0.3, (right, float(wrong[0]))
 

@@ -46,7 +46,9 @@ def test_correction_runs_inside_inference_mode_and_stays_in_range(random_net):
     m0, m1 = (torch.rand(1, 2, 64, 96) > 0.5).float(), torch.rand(1, 2, 64, 96)
     with torch.inference_mode():
         f0, f1 = random_net.encode_frame(x0), random_net.encode_frame(x1)
-        out, losses = gradient_correct(random_net, m1, x1, f1, x0, f0, m0, steps=3, alpha=1e4, return_losses=True)
+        out, losses = gradient_correct(
+            random_net, m1, x1, f1, ref_frame=x0, ref_features=f0, ref_masks=m0, steps=3, rate=1e4, return_losses=True
+        )
     assert out.shape == m1.shape and 0 <= out.min() and out.max() <= 1
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert not torch.equal(out, m1)  # the mask moved
@@ -58,11 +60,21 @@ def test_cycle_erf_runs_inside_inference_mode(random_net):
     target = np.zeros((40, 60), bool)
     target[10:30, 20:40] = True
     with torch.inference_mode():
-        erf = compute_cycle_erf(random_net, a, a, target, size=48, config=CycleERFConfig(M=3))
+        erf = compute_cycle_erf(
+            random_net, ref_frame=a, target_frame=a, target_mask=target, size=48, config=CycleERFConfig(steps=3)
+        )
     assert erf.map.shape == (40, 60) and erf.map.dtype == np.float32
     assert erf.map.min() >= 0 and erf.map.max() == pytest.approx(1.0) and erf.scale == erf.peak > 0
     # another model's scale: the same raw map drawn against twice its peak
-    half = compute_cycle_erf(random_net, a, a, target, size=48, config=CycleERFConfig(M=3), scale=2 * erf.peak)
+    half = compute_cycle_erf(
+        random_net,
+        ref_frame=a,
+        target_frame=a,
+        target_mask=target,
+        size=48,
+        config=CycleERFConfig(steps=3),
+        scale=2 * erf.peak,
+    )
     assert half.peak == pytest.approx(erf.peak) and np.allclose(half.map, erf.map / 2, atol=1e-6)
 
 
@@ -93,7 +105,16 @@ def test_correction_of_a_box_mask_raises_its_iou(shipped, seq, t):
         F0, Ft = net.encode_frame(x0), net.encode_frame(xt)
         m0, mbox, gt = (geo.masks_in(torch.from_numpy(m)[None], "cpu") for m in (y0, box, yt))
         corrected, losses = gradient_correct(
-            net, mbox, xt, Ft, x0, F0, m0, c.N, c.coarse_alpha, c.gamma, return_losses=True
+            net,
+            mbox,
+            xt,
+            Ft,
+            ref_frame=x0,
+            ref_features=F0,
+            ref_masks=m0,
+            steps=c.steps,
+            rate=c.coarse_rate,
+            return_losses=True,
         )
     assert losses[-1] < 0.9 * losses[0]
     assert _iou(corrected, gt) > _iou(mbox, gt) + 0.01
@@ -104,7 +125,7 @@ def test_cycle_erf_on_camel_concentrates_on_the_object(shipped):
     net, _ = shipped
     (f0, f40), (y0, y40) = _frames("camel", 0, 40)
     with torch.inference_mode():
-        erf = compute_cycle_erf(net, f0, f40, y40).map
+        erf = compute_cycle_erf(net, ref_frame=f0, target_frame=f40, target_mask=y40).map
     assert erf.shape == y0.shape
     assert erf[y0].mean() >= 2 * erf[~y0].mean()
     # the stride pattern is gone: the share of the map's energy at period-2 frequencies (rows or columns)
@@ -113,7 +134,7 @@ def test_cycle_erf_on_camel_concentrates_on_the_object(shipped):
     x0, x40 = geo.frame_in(f0, "cpu"), geo.frame_in(f40, "cpu")
     m40 = geo.masks_in(torch.from_numpy(y40)[None], "cpu")
     with torch.inference_mode():
-        raw = cycle_erf_map(net, x0, x40, m40, CycleERFConfig(smooth=0)).numpy()
+        raw = cycle_erf_map(net, ref_x=x0, target_x=x40, target_mask=m40, config=CycleERFConfig(smooth=0)).numpy()
         smooth = gaussian_blur(torch.from_numpy(raw), CycleERFConfig.smooth).numpy()
     assert _period2_energy(raw) > 0.02 and _period2_energy(smooth) < 0.002
 

@@ -40,7 +40,7 @@ def test_output_is_at_the_frame_size_and_a_distribution(net):
 
 def test_memory_stays_within_capacity(net):
     frames, labels = moving_square_clip(n=30)
-    eng = engine(net, K=2, capacity=3)
+    eng = engine(net, every=2, capacity=3)
     eng.step(frames[0], labels[0])
     sizes = []
     for f in frames[1:]:
@@ -150,7 +150,7 @@ def test_engine_runs_inside_inference_mode_with_correction(net, frozen):
         torch.manual_seed(0)
         net = CycleVOSNet().for_inference()
     frames, labels = moving_square_clip(n=6)
-    eng = InferenceCore(net, InferenceConfig(size=64, correction=CorrectionConfig(K=2, N=2)))
+    eng = InferenceCore(net, InferenceConfig(size=64, correction=CorrectionConfig(every=2, steps=2)))
     with torch.inference_mode():
         eng.step(frames[0], labels[0])
         for f in frames[1:]:
@@ -168,12 +168,14 @@ def test_memory_holds_the_written_label_map(net, hard, gc):
         size=64,
         precision="fp32",
         memory=MemoryConfig(hard=hard),
-        correction=CorrectionConfig(enabled=gc, K=2, N=2, alpha=5000.0),
+        correction=CorrectionConfig(enabled=gc, every=2, steps=2, rate=5000.0),
     )
     eng = InferenceCore(net, cfg)
     eng.step(frames[0], labels[0])
     eng.step(frames[1])
-    p = eng.step(frames[2])[None]  # frame 2: corrected when gc (K=2), memorised as periodic (MemoryConfig.K=5: temp)
+    p = eng.step(frames[2])[
+        None
+    ]  # frame 2: corrected when gc (K=2), memorised as periodic (MemoryConfig.every=5: temp)
     written = torch.nn.functional.one_hot(p.argmax(1), 3).permute(0, 3, 1, 2)[:, 1:].float()
     x = eng.geometry.frame_in(frames[2], eng.device)
     with torch.no_grad():

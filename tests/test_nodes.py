@@ -287,7 +287,11 @@ def test_propagate_from_a_later_frame_goes_both_ways(model, frames) -> None:
     assert calls[0] == ("total", B) and calls[-1] == B  # every frame once
     # frames on both sides are the library's: forward from frame 3 to the end, backward from it to frame 0
     InferenceCore = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.inference.engine").InferenceCore
-    config = NODE_PROPAGATION._inference_config(model, 64, 5, 16, False, 5, 10, 0.0)
+    config_module = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.config")
+    config = config_module.InferenceConfig.from_options(
+        size=64, precision=model.precision.name, gc=False, gc_every=5, gc_steps=10, mem_every=5, mem_capacity=16
+    )
+    config.confidence.enabled = True  # as the node: confidence on unless turned off
     drawn = (_ids() > 0).astype(np.uint8)
     for order in ([3, 4, 5], [3, 2, 1, 0]):
         engine = InferenceCore(model.net, config, model.device, model.precision)
@@ -449,7 +453,7 @@ def test_correct_sequence_in_the_library_keeps_detail(model, frames) -> None:
     masks[:, 1, 36:60, 50:90] = 1
     seen = []
     out = correction.correct_sequence(
-        model.net, frames[:3], masks, steps=1, alpha=0.0, size=32, progress=lambda d, t: seen.append((d, t))
+        model.net, frames[:3], masks, steps=1, rate=0.0, size=32, progress=lambda d, t: seen.append((d, t))
     )
     assert out.shape == masks.shape and torch.allclose(out, masks, atol=1e-5)  # alpha 0: nothing moves, nothing blurs
     assert seen == [(0, 2), (1, 2), (2, 2)]

@@ -26,7 +26,10 @@ def net():
 
 def make_engine(net, precision="fp32", gc=False, K=1, N=2, **memory):
     config = InferenceConfig(
-        size=64, precision=precision, memory=MemoryConfig(**memory), correction=CorrectionConfig(enabled=gc, K=K, N=N)
+        size=64,
+        precision=precision,
+        memory=MemoryConfig(**memory),
+        correction=CorrectionConfig(enabled=gc, every=K, steps=N),
     )
     return InferenceCore(net, config)
 
@@ -90,7 +93,12 @@ def test_stm_layout_network_takes_an_object_added_later():
 def _first_update(net, frame, ref_frame, masks, ref_masks, alpha=1e6):
     with torch.no_grad():
         f, rf = net.encode_frame(frame), net.encode_frame(ref_frame)
-    return gradient_correct(net, masks, frame, f, ref_frame, rf, ref_masks, 1, alpha, 1.0) - masks
+    return (
+        gradient_correct(
+            net, masks, frame, f, ref_frame=ref_frame, ref_features=rf, ref_masks=ref_masks, steps=1, rate=alpha
+        )
+        - masks
+    )
 
 
 def test_correction_loss_is_summed_over_objects(net):
@@ -142,7 +150,13 @@ def test_fewer_correction_steps_move_the_mask_as_far_in_all(net):
     x, rx, m, ref = _square_to_correct()
     with torch.no_grad():
         f, rf = net.encode_frame(x), net.encode_frame(rx)
-    moved = {n: (gradient_correct(net, m, x, f, rx, rf, ref, n, 1e5, 1.0) - m).abs().mean().item() for n in (5, 10)}
+    moved = {
+        n: (gradient_correct(net, m, x, f, ref_frame=rx, ref_features=rf, ref_masks=ref, steps=n, rate=1e5) - m)
+        .abs()
+        .mean()
+        .item()
+        for n in (5, 10)
+    }
     assert moved[10] > 5e-4 and 0.8 < moved[5] / moved[10] < 1.25, moved
 
 

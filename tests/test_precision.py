@@ -48,7 +48,7 @@ def test_an_engine_in_reduced_precision_casts_no_weight(frozen):
     """Autocast casts a frozen weight on every call (it keeps the casts of trainable ones only): seen
     failing before ``Precision.network``, with every convolution's weight and bias cast on every step."""
     frames, labels = moving_square_clip(n=5, objects=2)
-    eng = InferenceCore(frozen, InferenceConfig(size=64, correction=CorrectionConfig(K=2, N=2)), precision=BF16)
+    eng = InferenceCore(frozen, InferenceConfig(size=64, correction=CorrectionConfig(every=2, steps=2)), precision=BF16)
     eng.step(frames[0], labels[0])
     eng.step(frames[1])  # every weight and cached half made, alive from here on
     weights = weight_storages(eng.net) | weight_storages(frozen)
@@ -75,7 +75,9 @@ def test_the_cast_network_computes_what_autocast_computes(frozen):
     for net in (frozen, cast):
         with torch.no_grad(), BF16.autocast():
             f, fr = net.encode_frame(x), net.encode_frame(xr)
-        corrected = gradient_correct(net, masks, x, f, xr, fr, ref, 2, precision=BF16)
+        corrected = gradient_correct(
+            net, masks, x, f, ref_frame=xr, ref_features=fr, ref_masks=ref, steps=2, precision=BF16
+        )
         out.append((f.key, f.f4, f.decoder_part[0], corrected))
     for a, b in zip(*out):
         assert torch.equal(a, b)

@@ -28,6 +28,7 @@ def reference_iou(
     masks: torch.Tensor,
     x: torch.Tensor,
     features: FrameFeatures,
+    *,
     ref_x: torch.Tensor,
     ref_features: FrameFeatures,
     targets: torch.Tensor,

@@ -34,7 +34,7 @@ off locally and clones any inference tensor it receives.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 
 import torch
@@ -114,10 +114,10 @@ def reconstruction_loss(
     return aggregate_loss(logits, target, gamma)
 
 
-def step_size(alpha, masks: torch.Tensor, steps: int) -> torch.Tensor:
+def step_size(rate, masks: torch.Tensor, steps: int) -> torch.Tensor:
     """Eq. 5's rate of each of ``steps`` steps for masks (1, O, Hp, Wp): alpha (a number, or one per
     object) scaled by the processing area and the step count (see the module doc) -> (1, 1 or O, 1, 1)."""
-    a = torch.as_tensor(alpha, dtype=torch.float32, device=masks.device).reshape(1, -1, 1, 1)
+    a = torch.as_tensor(rate, dtype=torch.float32, device=masks.device).reshape(1, -1, 1, 1)
     return a * (masks.shape[-2] * masks.shape[-1] / REFERENCE_AREA) * (REFERENCE_STEPS / steps)
 
 
@@ -135,17 +135,19 @@ def gradient_correct(
     masks: torch.Tensor,
     frame: torch.Tensor,
     features: FrameFeatures,
+    *,
     ref_frame: torch.Tensor,
     ref_features: FrameFeatures,
     ref_masks: torch.Tensor,
-    steps: int = CorrectionConfig.N,
-    alpha: float = CorrectionConfig.alpha,
-    gamma: float = 1.0,
+    steps: int = CorrectionConfig.steps,
+    rate: float | Sequence[float] | torch.Tensor = CorrectionConfig.rate,
+    gamma: float = CorrectionConfig.gamma,
     return_losses: bool = False,
     precision: Precision | None = None,
 ):
     """Eq. 5 for every object at once: masks (1, O, H, W) soft masks of ``frame`` -> corrected masks.
-    ``alpha`` is one rate for all objects or a sequence of one per object (0 leaves an object as it is).
+    ``rate`` (α) is one rate for all objects or a sequence of one per object (0 leaves an object as it is);
+    ``ref_masks`` (1, O, H, W) are the reference Y_1 on ``ref_frame``, whose features are ``ref_features``.
 
     With ``return_losses`` also returns the reconstruction loss before each step and after the last.
     """
@@ -154,7 +156,7 @@ def gradient_correct(
         masks, frame, features = plain(masks).detach().float(), plain(frame), plain(features)
         ref_frame, ref_features, target = plain(ref_frame), plain(ref_features), loss_target(ref_masks)
         affinity = fixed_affinity(net, features, ref_features)
-        rate = step_size(alpha, masks, steps)
+        step = step_size(rate, masks, steps)
         losses = []
         for _ in range(steps):
             m = masks.clone().requires_grad_(True)
@@ -162,7 +164,7 @@ def gradient_correct(
             (grad,) = torch.autograd.grad(loss, m)
             if return_losses:
                 losses.append(loss.detach())
-            masks = (m - rate * grad).clamp(0.0, 1.0).detach()
+            masks = (m - step * grad).clamp(0.0, 1.0).detach()
         if return_losses:
             with torch.no_grad():
                 losses.append(
@@ -176,11 +178,12 @@ def correct_sequence(
     net: CycleVOSNet,
     frames,
     masks: torch.Tensor,
+    *,
     reference_index: int = 0,
     reference_mask: torch.Tensor | None = None,
-    steps: int = CorrectionConfig.N,
-    alpha: float = CorrectionConfig.alpha,
-    gamma: float = 1.0,
+    steps: int = CorrectionConfig.steps,
+    rate: float = CorrectionConfig.rate,
+    gamma: float = CorrectionConfig.gamma,
     every: int = 1,
     size: int = 240,
     device: torch.device | None = None,
@@ -236,7 +239,17 @@ def correct_sequence(
             features = net.encode_frame(x)
         m_in = geo.masks_in(out[t], device)
         corrected = gradient_correct(
-            net, m_in, x, features, ref_x, ref_features, ref_m, steps, alpha, gamma, precision=precision
+            net,
+            m_in,
+            x,
+            features,
+            ref_frame=ref_x,
+            ref_features=ref_features,
+            ref_masks=ref_m,
+            steps=steps,
+            rate=rate,
+            gamma=gamma,
+            precision=precision,
         )
         delta = geo.maps_out(corrected - m_in)  # (O, H, W) at the frame's size
         out[t] = (out[t] + delta).clamp_(0, 1)

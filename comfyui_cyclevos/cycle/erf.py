@@ -36,6 +36,7 @@ class CycleERF:
 
 def cycle_erf_map(
     net: CycleVOSNet,
+    *,
     ref_x: torch.Tensor,
     target_x: torch.Tensor,
     target_mask: torch.Tensor,
@@ -53,16 +54,17 @@ def cycle_erf_map(
             ref_f, target_f = net.encode_frame(ref_x), net.encode_frame(target_x)
             affinity = fixed_affinity(net, ref_f, target_f)
         m = torch.zeros_like(target_mask)
-        for _ in range(config.M):
+        for _ in range(config.steps):
             m.requires_grad_(True)
             loss = reconstruction_loss(net, m, ref_x, ref_f, target_x, target_f, target_mask, config.gamma, affinity)
             (grad,) = torch.autograd.grad(loss, m)
-            m = (m - config.alpha * grad.float()).detach()
+            m = (m - config.rate * grad.float()).detach()
     return gaussian_blur(torch.relu(m[0, 0]), config.smooth)
 
 
 def compute_cycle_erf(
     net: CycleVOSNet,
+    *,
     ref_frame,
     target_frame,
     target_mask,
@@ -80,7 +82,11 @@ def compute_cycle_erf(
     net = net.eval()
     ref_x, target_x = geo.frame_in(ref_frame, device), geo.frame_in(target_frame, device)
     y = geo.masks_in(torch.as_tensor(np.asarray(target_mask)).bool()[None], device)  # (1, 1, Hp, Wp)
-    erf = geo.maps_out(cycle_erf_map(net, ref_x, target_x, y, config, precision)[None, None])[0].clamp(min=0)
+    erf = geo.maps_out(
+        cycle_erf_map(net, ref_x=ref_x, target_x=target_x, target_mask=y, config=config, precision=precision)[
+            None, None
+        ]
+    )[0].clamp(min=0)
     peak = float(erf.max())
     scale = float(scale) if scale else peak
     out = (erf / scale).clamp(0, 1) if scale > 0 else erf

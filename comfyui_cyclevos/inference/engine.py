@@ -188,16 +188,16 @@ class InferenceCore:
         return masks
 
     def _correction_rates(self, given: GivenMask | None) -> torch.Tensor:
-        """Eq. 5's alpha for each object on this frame (0: not corrected): every K-th frame all objects
-        at ``alpha``; objects given a coarse mask at ``coarse_alpha``; objects given a precise mask never."""
+        """Eq. 5's α for each object on this frame (0: not corrected): every K-th frame all objects at
+        ``rate``; objects given a coarse mask at ``coarse_rate``; objects given a precise mask never."""
         c = self.config.correction
         rates = torch.zeros(len(self.objects))
         if not c.enabled:
             return rates
-        if self.frame_index % c.K == 0:
-            rates[:] = c.alpha
+        if self.frame_index % c.every == 0:
+            rates[:] = c.rate
         if given is not None:
-            rates[self.objects.rows(given.ids)] = c.coarse_alpha if given.coarse else 0.0
+            rates[self.objects.rows(given.ids)] = c.coarse_rate if given.coarse else 0.0
         return rates
 
     def _correct(self, masks: torch.Tensor, x, features, rates: torch.Tensor) -> torch.Tensor:
@@ -215,12 +215,12 @@ class InferenceCore:
                 masks[:, group.rows],
                 x,
                 features,
-                ref.x,
-                ref.features,
-                group.targets,
-                c.N,
-                r,
-                c.gamma,
+                ref_frame=ref.x,
+                ref_features=ref.features,
+                ref_masks=group.targets,
+                steps=c.steps,
+                rate=r,
+                gamma=c.gamma,
                 precision=self.precision,
             )
         return masks
@@ -235,7 +235,7 @@ class InferenceCore:
             kind = "first"
         elif given is not None:
             kind = "user"
-        elif mem.use_every_k and self.frame_index % mem.K == 0:
+        elif mem.use_every_k and self.frame_index % mem.every == 0:
             kind = "periodic"
         elif mem.use_previous:
             kind = "temp"
@@ -250,7 +250,7 @@ class InferenceCore:
     # cycle confidence ---------------------------------------------------------------------------
     def _scoring(self) -> bool:
         c = self.config.confidence
-        every = c.every or self.config.correction.K
+        every = c.every or self.config.correction.every
         return c.enabled and self.frame_index > 0 and self.frame_index % every == 0
 
     def _score(self, masks: torch.Tensor, x, features) -> dict[int, float]:
@@ -268,7 +268,9 @@ class InferenceCore:
                 pairs.append((self.recent, self.objects.rows(ids), targets))
         with self.precision.autocast():
             for ref, rows, targets in pairs:
-                iou = reference_iou(self.net, masks[:, rows], x, features, ref.x, ref.features, targets)
+                iou = reference_iou(
+                    self.net, masks[:, rows], x, features, ref_x=ref.x, ref_features=ref.features, targets=targets
+                )
                 for r, v in zip(rows, iou.tolist()):
                     found[self.objects.ids[r]].append(v)
         return {i: sum(v) / len(v) for i, v in found.items() if v}

@@ -14,7 +14,7 @@ from .network import CycleVOSNet
 FORMAT = "cyclevos-1"
 
 
-def save_checkpoint(path: str | Path, net: CycleVOSNet, extra: dict | None = None, half: bool = False) -> None:
+def save_checkpoint(path: str | Path, net: CycleVOSNet, *, extra: dict | None = None, half: bool = False) -> None:
     """Atomic write (a temporary file renamed into place), so an interrupted save leaves nothing."""
     if net.inference_only:
         raise ValueError(
@@ -29,7 +29,7 @@ def save_checkpoint(path: str | Path, net: CycleVOSNet, extra: dict | None = Non
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", for_inference: bool = True) -> CycleVOSNet:
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, for_inference: bool = True) -> CycleVOSNet:
     """The network of a checkpoint, in eval mode on ``device``. Its weights are ordinary tensors even when
     loaded inside ``torch.inference_mode()`` (as in ComfyUI), so gradient correction and cycle-ERF, which
     differentiate through the network, can use it there. By default it is ready for inference only
