@@ -14,11 +14,10 @@ so fewer, larger steps cost less for the same correction. alpha keeps the value 
 one object at 240x432 in 10 steps, where both factors are 1).
 Eq. 4 is taken where the decoder predicts, at 1/4: its logits before the x4 bilinear upsampling, against
 each 4x4 cell's covered share of the reference mask (``loss_target``). The upsampling adds no
-information, and the full-resolution sigmoid, aggregation and loss with their gradient cost 8-9 % of each
-step; per-pixel means keep the loss's scale, so alpha is unchanged (dev J&F at alpha 120 / 150 / 180:
-70.1 / 70.1 / 70.3 in fp32, 70.0 / 70.2 / 70.2 with bf16 convolutions emulated; at full resolution
-69.9 / 70.0 / 70.2 and 69.9 / 70.1 / 70.2). Cycle-ERF (Eq. 6), a map of the input pixels drawn once,
-keeps the full resolution.
+information, so the full-resolution sigmoid, aggregation and loss with their gradient are work each step
+can skip; per-pixel means keep the loss's scale, so alpha is unchanged (the dev J&F of both, and the
+speed-up, are in docs/quality.md and docs/performance.md). Cycle-ERF (Eq. 6), a map of the input pixels
+drawn once, keeps the full resolution.
 Everything that does not depend on Y^_t is computed once: both frames' encoder features, the decoder's
 frame terms (query value and skip branches), and, with the fused memory encoder (mask-independent keys),
 the read weights; each step then runs only the mask branch of the memory encoder and the decoder, forward

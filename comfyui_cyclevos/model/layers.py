@@ -31,10 +31,9 @@ class SplitConv2d(nn.Conv2d):
     as ``alone(a)`` where b is known to be zero.
 
     With frozen weights (``CycleVOSNet.for_inference``) each half is kept as its own contiguous tensor,
-    refreshed when the weight changes (moved, reloaded): oneDNN repacks a sliced weight on every call,
-    which cost 17 % of a 128-channel convolution's forward and backward at 1/16 (gradient correction runs
-    ``first`` forward and backward on every step). Trainable weights are sliced on every call, so that
-    their gradient flows."""
+    refreshed when the weight changes (moved, reloaded): oneDNN repacks a sliced weight on every call, and
+    gradient correction (Eq. 5) runs ``first`` forward and backward on every step (cost measured in
+    docs/performance.md). Trainable weights are sliced on every call, so that their gradient flows."""
 
     def __init__(self, split: int, cin: int, cout: int, stride: int = 1):
         super().__init__(cin, cout, 3, stride=stride, padding=1)
@@ -108,8 +107,8 @@ def bilinear_weights(n: int, scale: int, device: torch.device, dtype: torch.dtyp
 class Upsample4(torch.autograd.Function):
     """x4 bilinear upsampling of (N, C, h, w), as ``F.interpolate``, with a faster backward: the upsampling
     is separable, out = A_h x A_w^T, so its gradient is A_h^T g A_w, two small matrix products, where the
-    CPU's own backward scatters pixel by pixel (7 ms vs 2 ms for 5 objects at 240x432: gradient correction
-    runs it on every step)."""
+    CPU's own backward scatters pixel by pixel; gradient correction (Eq. 5) and cycle-ERF (Eq. 6) run it on
+    every step (timings: docs/performance.md)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:

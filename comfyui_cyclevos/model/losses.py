@@ -16,7 +16,7 @@ def eq4_per_object(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. 4 of each object (B, O), with the sums of min(pred, target) and max(pred, target) (B, O) it
     took. min and max are taken as (a + b -/+ |a - b|) / 2, which share one |a - b|: the same sums and the
-    same gradient (1/2 each at a tie, as torch.minimum's) in a third less time forward and backward."""
+    same gradient (1/2 each at a tie, as torch.minimum's) from one full-resolution pass instead of two."""
     p = pred.clamp(PROB_CLAMP, 1 - PROB_CLAMP)
     bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean(dim=(-2, -1))
     both = (pred + target).sum(dim=(-2, -1))
@@ -44,9 +44,9 @@ def aggregate_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 1.
     """Eq. 4 of the objects' logits (B, O, H, W) through sigmoid and soft aggregation, against target
     (B, O, H, W), summed over the objects and averaged over the batch: the value of
     ``mask_loss(soft_aggregate(sigmoid(logits))[:, 1:], target, gamma) * O`` and its gradient with respect
-    to the logits, written out (float32). Gradient correction and cycle-ERF descend it on every step, and
-    autograd's chain through sigmoid, aggregation and the clamps takes more full-resolution passes:
-    5 objects at 240x432, forward and backward with cold caches, 21-28 -> 15-19 ms (quartiles)."""
+    to the logits, written out (float32). Gradient correction (Eq. 5) and cycle-ERF (Eq. 6) descend it on
+    every step, and autograd's chain through sigmoid, aggregation and the clamps takes more full-resolution
+    passes (timings: docs/performance.md)."""
     return _AggregateLoss.apply(logits.float(), target.float(), gamma)
 
 

@@ -10,8 +10,8 @@ import torch
 
 def affinity_logits(mem_keys: torch.Tensor, query_key: torch.Tensor) -> torch.Tensor:
     """k_q^T k_m / sqrt(Ck) in float32: mem_keys (B, Ok, Ck, N), query_key (B, Ck, h, w) -> (B, Ok, h*w, N),
-    query positions first, so that the softmax over the memory runs along contiguous rows (over the
-    strided axis it took 18 ms for a 16-frame memory at 240p, 6 ms along rows)."""
+    query positions first, so that the softmax over the memory (STM's read weights) runs along contiguous
+    rows: a softmax over a strided axis is several times slower (docs/performance.md)."""
     kq = query_key.float().flatten(2).transpose(-1, -2)[:, None]  # (B, 1, hw, Ck)
     return torch.matmul(kq, mem_keys.float()) / math.sqrt(mem_keys.shape[2])
 

@@ -3,11 +3,10 @@
 By default glibc gives large freed blocks back to the kernel: blocks above a threshold that moves up to
 32 MiB are unmapped on free, and the heap's free top is trimmed once it passes twice that. The engine frees
 and allocates tensors of several MB on every frame, and each gradient correction step builds and frees a
-graph of them, so their pages fault in again and again (35,000 minor faults per 5-object correction at
-240x432, 11 % of its time). Keeping freed memory in the process removes those faults: on the 2-core AVX2
-VM, ``benchmarks/memory.py`` (1350 frames, 2 objects, correction on) spent 24.6 s of its 4 min 58 s CPU
-time in the kernel, and 1.2 s with these settings (wall 2 min 44 s -> 2 min 18 s), at the same peaks
-(382 / 391 MB at 150 / 1200 frames, against 396 / 391): the memory kept is memory the process had just used.
+graph of them (Eq. 5), so their pages fault in again and again, a kernel entry and a zeroed page each
+time. Keeping freed memory in the process removes those faults without raising the peak: the memory kept
+is memory the process had just used and will use again on the next frame. The faults, times and peaks
+measured with and without it are in docs/performance.md ("Linux: freed memory kept").
 """
 
 from __future__ import annotations

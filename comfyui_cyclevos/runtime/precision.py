@@ -53,12 +53,11 @@ class Precision:
     def network(self, net: nn.Module) -> nn.Module:
         """``net`` as it runs under this precision's autocast. Autocast keeps its cast of a trainable weight
         for the whole region but casts a frozen one (``CycleVOSNet.for_inference``) again on every call:
-        with the shipped network, 124 casts of 2.4 M weights in all for every frame (0.84 ms on a 2-core
-        CPU) and 136 more for a correction of 4 steps (Eq. 5; 1.1 ms), each one a kernel on a GPU. So a
-        frozen network runs as a copy whose convolution weights are already in the compute dtype:
-        autocast passes them through and computes exactly what it computed before (the same rounding,
-        once). ``net`` itself is left as it is, and returned for float32, for a trainable network and
-        when already cast."""
+        every convolution's weight on every frame, and again on every step of a correction (Eq. 5), each
+        cast a kernel on a GPU (counts and times: docs/performance.md). So a frozen network runs as a copy
+        whose convolution weights are already in the compute dtype: autocast passes them through and
+        computes exactly what it computed before (the same rounding, once). ``net`` itself is left as it
+        is, and returned for float32, for a trainable network and when already cast."""
         layers = [m for m in net.modules() if isinstance(m, _AUTOCAST_LAYERS)]
         weights = [p for m in layers for p in m.parameters(recurse=False)]
         if (
