@@ -8,6 +8,8 @@ complete.
 from __future__ import annotations
 
 import functools
+import re
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -129,7 +131,40 @@ def _engine_setup(*, weights, device, precision, **options):
     return net, cfg, dev
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # a terminated run stops as an interrupted one: exit 130, only partial outputs
+
+
+class OneLineGroup(click.Group):
+    """Click's usage errors (a bad option, a missing argument) as the one line ``error: ...`` and exit code 2,
+    like the library's errors; SIGTERM is handled as Ctrl-C."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        previous = None
+        try:
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help() if e.ctx is not None else str(e), err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            click.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("interrupted: the output was not completed", err=True)
+            sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="comfyui-cyclevos")
 def main():
     """cyclevos: video object segmentation with a cycle-consistent space-time memory network.
@@ -144,6 +179,10 @@ def parse_keyframes(values: tuple[str, ...], mask_frame: int) -> dict[int, str]:
     out: dict[int, str] = {}
     for v in values:
         head, sep, tail = v.partition(":")
+        if sep and re.fullmatch(r"[-+]\d+", head):
+            raise click.BadParameter(
+                f"{v!r}: frame {head} does not exist; frames are numbered from 0 (FRAME:FILE)", param_hint="--mask"
+            )
         frame, path = (int(head), tail) if sep and head.isdigit() else (mask_frame, v)
         if frame in out:
             raise click.BadParameter(f"two masks for frame {frame}: give one mask per frame", param_hint="--mask")
@@ -255,10 +294,11 @@ def segment(
     from .media.edges import EdgeConfig
     from .media.frames import open_frames
     from .media.masks import read_mask
-    from .runner import check_keyframes, check_output_dir, segment_video
+    from .runner import check_keyframes, check_outputs, check_removals, segment_video
 
     source = open_frames(input)
-    keyframes = {frame: read_mask(path) for frame, path in parse_keyframes(masks, mask_frame).items()}
+    mask_files = parse_keyframes(masks, mask_frame)
+    keyframes = {frame: read_mask(path) for frame, path in mask_files.items()}
     check_keyframes(keyframes, source.size, len(source))
     removal_frames = parse_removals(removals)
     late = [f for f in removal_frames if f >= len(source)]
@@ -266,9 +306,11 @@ def segment(
         raise click.BadParameter(
             f"frame {late[0]} does not exist: the video has {len(source)} frames", param_hint="--remove"
         )
-    check_output_dir(Path(out_dir))
+    check_removals(keyframes, removal_frames)
     if report is not None and (Path(report).suffix.lower() != ".csv" or not Path(report).absolute().parent.is_dir()):
         raise click.BadParameter("give a .csv file in an existing folder", param_hint="--report")
+    inputs = [input, *mask_files.values()]
+    check_outputs(Path(out_dir), inputs, overlay_path=overlay, mask_video_path=mask_video, report=report)
     net, cfg, dev = _engine_setup(**engine_options)
     if report is not None:
         cfg = replace(cfg, confidence=replace(cfg.confidence, enabled=True))
@@ -286,6 +328,7 @@ def segment(
             removals=removal_frames,
             report=report,
             edges=EdgeConfig(grow, fill_holes, min_area),
+            inputs=mask_files.values(),
         )
     click.echo(f"{stats.frames} frames, {len(stats.objects)} object(s), {stats.fps:.1f} frames/s -> {out_dir}")
 
@@ -361,7 +404,11 @@ def eval_cmd(pred, gt, data, out_dir, sequences, per_frame_csv, csv_path, **engi
     import tempfile
 
     from .evaluation.evaluate import run_eval
+    from .media.output_dir import check_writable
 
+    for what, path in (("--csv", csv_path), ("--per-frame-csv", per_frame_csv)):
+        if path is not None:
+            check_writable(Path(path).absolute(), what)
     if data is None:
         if pred is None or gt is None:
             raise click.UsageError("give --pred and --gt, or --data")
@@ -464,10 +511,17 @@ def erf(
     from .inference.objects import check_mask
     from .media.frames import open_frames
     from .media.masks import read_mask
+    from .media.output_dir import check_writable
     from .model.checkpoint import default_weights_path, load_checkpoint
     from .runtime.device import pick_device
 
     source = open_frames(input)
+    inputs = [Path(p).resolve() for p in (input, mask_path, ref_mask) if p is not None]
+    for what, path in (("--out", out_path), ("--overlay", overlay)):
+        if path is not None:
+            if Path(path).resolve() in inputs:
+                raise InputError(f"{what} {path} is an input of this run: choose another path")
+            check_writable(Path(path).absolute(), what)
     wanted = {target_frame, ref_frame}
     frames = {}
     for i, (_, frame) in enumerate(source):
@@ -500,9 +554,14 @@ def erf(
         device=dev,
         scale=scale,
     )
-    Image.fromarray((result.map * 255 + 0.5).astype(np.uint8)).save(out_path)
-    if overlay:
-        Image.fromarray(heatmap_overlay(frames[ref_frame], result.map, outline, result.scale)).save(overlay)
+    try:
+        Image.fromarray((result.map * 255 + 0.5).astype(np.uint8)).save(out_path)
+        if overlay:
+            Image.fromarray(heatmap_overlay(frames[ref_frame], result.map, outline, result.scale)).save(overlay)
+    except OSError as e:
+        raise InputError(
+            f"cannot write {out_path if not overlay else f'{out_path} / {overlay}'}: {e.strerror or e}"
+        ) from None
     click.echo(
         f"cycle-ERF of frame {ref_frame} for frame {target_frame} -> {out_path} (peak {result.peak:.4g}, drawn as 1: {result.scale:.4g})"
     )

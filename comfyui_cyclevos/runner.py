@@ -6,9 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,12 @@ from .inference.engine import InferenceCore, propagate_both_ways
 from .inference.objects import check_mask
 from .media.edges import EdgeConfig, refine_ids
 from .media.frames import FrameSource
-from .media.writers import MaskVideoWriter, OverlayVideoWriter, write_palette_png
+from .media.output_dir import DONE_FILE, OutputFolder, check_output_file, clean_stale_partials, partial_name
+from .media.writers import MaskVideoWriter, OverlayVideoWriter, output_error, write_palette_png
 from .model.network import CycleVOSNet
 from .runtime.precision import Precision
 
-DONE_FILE = "cyclevos.json"  # written last: its presence marks a complete output folder
+__all__ = ["DONE_FILE", "RunStats", "check_output_dir", "check_outputs", "segment_video", "segment_frames"]
 
 
 @dataclass
@@ -41,30 +41,39 @@ class RunStats:
         return self.frames / self.seconds if self.seconds > 0 else float("nan")
 
 
-def check_output_dir(out: Path) -> None:
-    """Refuse to replace anything but an empty folder or a finished cyclevos output."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DONE_FILE).is_file())):
-        raise InputError(f"{out} exists and is not a cyclevos output folder: choose another --out or remove it")
-    parent = out.absolute().parent
-    while not parent.exists():  # the nearest existing folder above must take the new ones
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot create {out}: {parent} is not a writable folder: choose a writable --out")
+def check_output_dir(out: Path, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse to replace anything but an empty folder or a finished cyclevos output, a folder that is or
+    holds an input, and one that cannot be created."""
+    OutputFolder(out, inputs)
 
 
-def _prepare_out_dir(out: Path) -> Path:
-    """A fresh ``OUT.partial`` folder beside ``out``."""
-    check_output_dir(out)
-    partial = out.with_name(out.name + ".partial")
-    try:
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-    except OSError as e:
-        raise InputError(
-            f"cannot create the output folder {partial} ({e.strerror or e}): choose a writable --out"
-        ) from None
-    return partial
+def check_outputs(
+    out: Path,
+    inputs: Iterable[str | os.PathLike] = (),
+    *,
+    overlay_path: str | os.PathLike | None = None,
+    mask_video_path: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
+) -> OutputFolder:
+    """Every output location checked before a run: the folder (see ``OutputFolder``) and each file (not an
+    input, not inside the folder, not one of the others, not a file cyclevos did not write, writable)."""
+    inputs = [i for i in inputs if i is not None]
+    folder = OutputFolder(out, inputs)
+    files = {"--overlay": overlay_path, "--mask-video": mask_video_path, "--report": report}
+    if report is not None:
+        files["--report's plot"] = Path(report).with_suffix(".png")
+    seen: dict[Path, str] = {}
+    for what, path in files.items():
+        if path is None:
+            continue
+        real = Path(os.path.realpath(os.path.abspath(path)))
+        if real in seen:
+            raise InputError(f"{what} and {seen[real]} are the same file {path}: give each its own name")
+        seen[real] = what
+        if Path(os.path.realpath(folder.out)) in real.parents:
+            raise InputError(f"{what} {path} is inside the output folder {out}: write it beside the folder")
+        check_output_file(path, inputs, what)
+    return folder
 
 
 def check_keyframes(
@@ -139,14 +148,19 @@ def segment_video(
     removals: dict[int, list[int]] | None = None,
     report: str | os.PathLike | None = None,
     edges: EdgeConfig | None = None,
+    inputs: Iterable[str | os.PathLike] = (),
 ) -> RunStats:
     """Segment every frame of ``source`` from the ids drawn on one or more frames (``keyframes``: frame
     index -> (H, W) id map) into ``out_dir``: forward from the earliest keyframe (later ones replace the
     prediction of their objects), then backward from it to the start; ``removals`` ({frame: [ids]}) stop
     following objects from a frame on.
 
-    The PNGs go to ``out_dir.partial`` and the folder is renamed to ``out_dir`` after the last frame
-    (with a ``cyclevos.json`` summary); an error or an interruption leaves only the ``.partial`` folder.
+    The PNGs go to a hidden ``.OUT.<pid>-<random>.partial`` folder beside ``out_dir`` (this run's own),
+    renamed to ``out_dir`` after the last frame with a ``cyclevos.json`` summary; an error or an
+    interruption leaves only the partial folder. An existing ``out_dir`` is replaced only when it is a
+    cyclevos output that no other run changed meanwhile (``media.output_dir.OutputFolder``). The videos
+    and the report are written under hidden names and renamed into place with the folder; ``inputs``
+    (e.g. the mask files) are, with ``source.path``, paths no output may take.
     ``report`` (a .csv path; needs ``config.confidence.enabled``) gets the cycle scores, a plot beside it,
     and the suggested keyframes go into the summary. ``edges`` refines each written id map (grow or shrink,
     fill holes, remove specks); it is post-processing: memory holds the engine's own masks.
@@ -156,16 +170,26 @@ def segment_video(
     if report is not None and not config.confidence.enabled:
         raise InputError("a report needs the cycle confidence: set InferenceConfig.confidence.enabled")
     objects = check_keyframes(keyframes, source.size)
+    check_removals(keyframes, removals)
     start = min(keyframes)
     if (overlay_path or mask_video_path) and start:
         raise InputError("--overlay and --mask-video need a mask on the first frame (frame 0)")
-    partial = _prepare_out_dir(out)
-    written = 0
+    folder = check_outputs(
+        out,
+        [source.path, *inputs],
+        overlay_path=overlay_path,
+        mask_video_path=mask_video_path,
+        report=report,
+    )
+    partial = folder.begin()
+    written: list[str] = []
     scores: dict[int, dict[int, float]] = {}  # video frame index -> {object id: score}
+    ov = OverlayVideoWriter(overlay_path, source.fps, source.size) if overlay_path else None
+    mv = MaskVideoWriter(mask_video_path, source.fps, source.size) if mask_video_path else None
+    videos = [w for w in (ov, mv) if w is not None]
+    staged: list[tuple[Path, Path]] = []  # the report's (hidden name, final name), renamed after the folder
     t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        ov = stack.enter_context(OverlayVideoWriter(overlay_path, source.fps, source.size)) if overlay_path else None
-        mv = stack.enter_context(MaskVideoWriter(mask_video_path, source.fps, source.size)) if mask_video_path else None
+    try:
         indexed = (((i, stem), frame) for i, (stem, frame) in enumerate(source))
         for (index, stem), frame, ids, frame_scores in propagate_both_ways(
             lambda: InferenceCore(net, config, device), indexed, keyframes, removals
@@ -179,40 +203,85 @@ def segment_video(
                 ov.write(frame, ids)
             if mv is not None:
                 mv.write(ids)
-            written += 1
+            written.append(f"{stem}.png")
             if progress is not None:
                 progress(1)
-    seconds = time.perf_counter() - t0
-    expected = len(source)
-    if written != expected:
-        raise InputError(
-            f"{source.path} yielded {written} of its {expected} frames: the video is truncated or damaged; re-encode it"
-        )
-    stats = RunStats(written, objects, seconds)
-    summary = {
-        "input": str(source.path),
-        "frames": written,
-        "objects": objects,
-        "seconds": round(seconds, 3),
-        "fps": round(stats.fps, 3),
-        "keyframes": sorted(keyframes),
-        "mask_frame": start,
-        "removals": {str(k): v for k, v in sorted((removals or {}).items())},
-        "config": asdict(config),
-        "edges": asdict(edges or EdgeConfig()),
-        "model": net.config.to_dict(),
-    }
-    if config.confidence.enabled:
-        summary["suggested_keyframes"] = suggest_keyframes(scores, frames=written)
-        summary["scored_frames"] = len(scores)
-    if report is not None:
-        write_report(report, scores, summary["suggested_keyframes"], written)
-        summary["report"] = str(report)
-    (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+        expected = len(source)
+        if len(written) != expected:
+            raise InputError(
+                f"{source.path} yielded {len(written)} of its {expected} frames: the video is truncated or damaged; "
+                "re-encode it"
+            )
+        for w in videos:
+            w.finish()  # ffmpeg done and its exit status checked; renamed into place with the folder
+        seconds = time.perf_counter() - t0
+        frames = len(written)
+        stats = RunStats(frames, objects, seconds)
+        summary = {
+            "input": str(source.path),
+            "frames": frames,
+            "objects": objects,
+            "seconds": round(seconds, 3),
+            "fps": round(stats.fps, 3),
+            "keyframes": sorted(keyframes),
+            "mask_frame": start,
+            "removals": {str(k): v for k, v in sorted((removals or {}).items())},
+            "config": asdict(config),
+            "edges": asdict(edges or EdgeConfig()),
+            "model": net.config.to_dict(),
+            "files": sorted(written),
+        }
+        if config.confidence.enabled:
+            summary["suggested_keyframes"] = suggest_keyframes(scores, frames=frames)
+            summary["scored_frames"] = len(scores)
+        if report is not None:
+            clean_stale_partials(report)
+            tmp = partial_name(report, ".csv")
+            try:
+                plot = write_report(tmp, scores, summary["suggested_keyframes"], frames, mark=True)
+            except OSError as e:
+                staged += [(tmp, Path(report)), (tmp.with_suffix(".png"), Path(report).with_suffix(".png"))]
+                raise output_error(e, report) from None
+            staged += [(tmp, Path(report)), (plot, Path(report).with_suffix(".png"))]
+            summary["report"] = str(report)
+        try:
+            (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
+        except OSError as e:
+            raise output_error(e, partial / DONE_FILE) from None
+        folder.publish()
+    except BaseException:
+        for w in videos:
+            w.abort()
+        for path, _ in staged:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    try:
+        for w in videos:
+            w.commit()
+        for path, final in staged:
+            os.replace(path, final)
+    except OSError as e:
+        raise output_error(e, out) from None
     return stats
+
+
+def check_removals(keyframes: dict[int, np.ndarray], removals: dict[int, list[int]] | None) -> None:
+    """Every removal must name an object given on a keyframe at or before its frame, and still followed
+    there (not removed before): checked before the run, so a typo never runs the video for nothing."""
+    followed: set[int] = set()
+    events = sorted({*keyframes, *(removals or {})})
+    for frame in events:
+        if frame in (removals or {}):
+            unknown = sorted({int(i) for i in removals[frame]} - followed)
+            if unknown:
+                raise InputError(
+                    f"--remove {frame}:{','.join(map(str, unknown))}: object(s) {unknown} are not followed on frame "
+                    f"{frame} (followed there: {sorted(followed)}); remove only ids drawn on an earlier mask"
+                )
+            followed -= {int(i) for i in removals[frame]}
+        if frame in keyframes:
+            followed |= {int(i) for i in np.unique(keyframes[frame]) if i != 0}
 
 
 def segment_davis(

@@ -129,6 +129,10 @@ def _frame_mask(mask: torch.Tensor, index: int, frames: int, size: tuple[int, in
     """One frame's (H, W) float mask from a MASK input: a single mask, or a batch with one mask per frame
     (frame ``index``'s is taken), resized to the frames' size when its aspect ratio fits."""
     m = _mask_batch(mask, name)
+    if m.shape[0] not in (1, frames):
+        raise InputError(
+            f"{name} is a batch of {m.shape[0]} masks for {frames} frames: give one mask, or one mask per frame"
+        )
     m = m[index] if m.shape[0] == frames and frames > 1 else m[0]
     if tuple(m.shape) != size:
         _fit_to_frames(tuple(m.shape), size, f"the {name.replace('_', ' ')}")
@@ -169,6 +173,8 @@ def _mask_batch(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise InputError(f"{name} must be a MASK (B, H, W), got {shape}")
     m = mask[None] if mask.ndim == 2 else mask
+    if m.shape[0] == 0 or m.shape[-1] == 0 or m.shape[-2] == 0:
+        raise InputError(f"{name} is an empty MASK batch {tuple(m.shape)}: connect at least one mask")
     return m.float().cpu()
 
 

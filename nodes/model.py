@@ -90,10 +90,11 @@ def resolve_checkpoint(name: str) -> Path:
         if full:
             return Path(full)
     for d in _fallback_model_dirs():
-        if (d / name).is_file():
-            return d / name
+        candidate = (d / name).resolve()
+        if candidate.is_file() and d.resolve() in candidate.parents:  # never ../ or an absolute name out of d
+            return candidate
     p = Path(name).expanduser()
-    if p.is_absolute() and p.is_file():  # outside ComfyUI (scripts, tests): any path
+    if fp is None and p.is_absolute() and p.is_file():  # outside ComfyUI (scripts, tests): any path
         return p
     where = "ComfyUI's models/cyclevos/ or the pack's weights/" if fp is not None else "the pack's weights/"
     raise InputError(

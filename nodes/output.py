@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ from .common import (
     _Progress,
     _resize_nearest,
 )
+
+MAX_NAME_BYTES = 200  # file systems take 255 bytes a name; the counter and the hidden partial name need the rest
 
 
 class CycleVOSOverlay:
@@ -143,12 +146,11 @@ class CycleVOSSaveMasks:
         progress = _Progress(B)
         ui_images = []
         png_dir = folder / stem
-        partial = folder / f".{stem}.partial"  # renamed to png_dir when every frame is written
+        partial = None  # this save's own hidden folder, renamed to png_dir when every frame is written
         writer = MaskVideoWriter(folder / f"{stem}.mp4", fps, (H, W)) if save_video else None
         try:
             if save_png:
-                shutil.rmtree(partial, ignore_errors=True)
-                partial.mkdir(parents=True)
+                partial = Path(tempfile.mkdtemp(dir=folder, prefix=f".{stem}.{os.getpid()}-", suffix=".partial"))
             for t in range(B):
                 progress.check()
                 frame_ids = ids[t].numpy()
@@ -163,11 +165,12 @@ class CycleVOSSaveMasks:
             if writer is not None:
                 writer.close()
             if save_png:
-                os.replace(partial, png_dir)
+                os.rename(partial, png_dir)  # never over a folder another save finished meanwhile
         except BaseException:
             if writer is not None:
                 writer.abort()
-            shutil.rmtree(partial, ignore_errors=True)
+            if partial is not None:
+                shutil.rmtree(partial, ignore_errors=True)
             raise
         if writer is not None:
             ui = {
@@ -186,6 +189,12 @@ def _join(subfolder: str, name: str) -> str:
 
 def _save_target(prefix: str, width: int, height: int) -> tuple[Path, str, int, str]:
     """(folder, name, counter, subfolder) for a new output, as ComfyUI's SaveImage numbers its files."""
+    for part in Path(prefix).parts:
+        if len(os.fsencode(part)) > MAX_NAME_BYTES:
+            raise InputError(
+                f"filename_prefix has a name of {len(os.fsencode(part))} bytes ({part[:20]}...): "
+                f"keep each part of it under {MAX_NAME_BYTES} bytes"
+            )
     fp = _folder_paths()
     if fp is not None:
         folder, name, counter, subfolder, _ = fp.get_save_image_path(prefix, fp.get_output_directory(), width, height)

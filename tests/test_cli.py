@@ -160,8 +160,9 @@ def test_interrupted_run_leaves_no_complete_looking_output(clip_folder, random_c
     r = run("segment", frames, "--mask", mask, "--out", tmp_path / "o", "--weights", random_checkpoint, "--size", 64)
     assert r.exit_code == 130
     assert not (tmp_path / "o").exists()
-    assert len(list((tmp_path / "o.partial").glob("*.png"))) == 3
-    assert not (tmp_path / "o.partial" / "cyclevos.json").exists()
+    (partial,) = tmp_path.glob(".o.*.partial")
+    assert len(list(partial.glob("*.png"))) == 3
+    assert not (partial / "cyclevos.json").exists()
 
 
 def test_refuses_to_overwrite_a_foreign_folder(clip_folder, random_checkpoint, tmp_path):

@@ -713,3 +713,44 @@ def test_comfyui_manages_the_model(checkpoint, frames, objects) -> None:
     assert not any(p.is_inference() for p in m.net.parameters())
     assert masks.ids.shape == (B, H, W)
     NODE_MODEL.clear_model_cache()
+
+
+# ----------------------------------------------------------------------------- issue 28: inputs never silently wrong
+
+
+def test_propagate_refuses_a_frame_with_a_nan_patch(model, frames, objects) -> None:
+    bad = frames.clone()
+    bad[3, 10:20, 10:20] = float("nan")
+    with pytest.raises(_errors().InputError, match="NaN"):
+        M["CycleVOSPropagate"]().propagate(model, bad, objects, 5, 16, 64, False, 5, 10, 0.0)
+
+
+def test_load_model_keeps_names_inside_the_model_folders(checkpoint, tmp_path, monkeypatch) -> None:
+    fp = types.ModuleType("folder_paths")  # inside ComfyUI, whose own lookup finds nothing
+    fp.models_dir = str(tmp_path / "models")
+    fp.folder_names_and_paths = {"cyclevos": ([], set())}
+    fp.add_model_folder_path = lambda name, path: None
+    fp.get_full_path = lambda folder, name: None
+    monkeypatch.setitem(sys.modules, "folder_paths", fp)
+    weights = Path(NODE_MODEL.PACK_ROOT) / "weights"
+    for name in (str(checkpoint), "../" * (len(weights.parts) + 2) + str(checkpoint).lstrip("/")):
+        with pytest.raises(_errors().InputError, match="not found"):
+            NODE_MODEL.resolve_checkpoint(name)
+
+
+def test_an_empty_mask_batch_is_an_input_error(frames) -> None:
+    with pytest.raises(_errors().InputError, match="empty"):
+        M["CycleVOSFirstFrameMask"]().make(0, 0.5, False, mask=torch.zeros(0, H, W))
+
+
+def test_cycle_erf_refuses_a_mask_batch_of_the_wrong_length(model, frames) -> None:
+    target = torch.from_numpy(_ids() == 1).float()[None].expand(3, H, W)  # 3 masks for 6 frames
+    with pytest.raises(_errors().InputError, match="3 masks for 6 frames"):
+        M["CycleVOSCycleERF"]().compute(model, frames, 2, target, 0, 2, 64)
+
+
+def test_save_masks_refuses_a_too_long_prefix(model, frames, objects, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _, masks = M["CycleVOSPropagate"]().propagate(model, frames[:2], objects, 5, 16, 64, False, 5, 10, 0.0)
+    with pytest.raises(_errors().InputError, match="bytes"):
+        M["CycleVOSSaveMasks"]().save("x" * 300, True, False, 12.0, masks=masks)

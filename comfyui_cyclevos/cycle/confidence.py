@@ -63,8 +63,11 @@ def suggest_keyframes(scores: dict[int, dict[int, float]], count: int = 3, frame
     return sorted(chosen)
 
 
-def write_report(path: str | Path, scores: dict[int, dict[int, float]], suggested: list[int], frames: int) -> Path:
-    """``path`` (.csv: frame,object,score) and a plot beside it (same name, .png); returns the plot's path."""
+def write_report(
+    path: str | Path, scores: dict[int, dict[int, float]], suggested: list[int], frames: int, *, mark: bool = False
+) -> Path:
+    """``path`` (.csv: frame,object,score) and a plot beside it (same name, .png); returns the plot's path.
+    ``mark`` tags the plot as cyclevos's own (a PNG text chunk), so a later run may replace it."""
     path = Path(path)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -74,8 +77,12 @@ def write_report(path: str | Path, scores: dict[int, dict[int, float]], suggeste
                 w.writerow([t, obj, f"{s:.4f}"])
     plot = path.with_suffix(".png")
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
-    Image.fromarray(plot_scores(scores, suggested, frames)).save(plot)
+    info = PngInfo()
+    if mark:
+        info.add_text("Software", "written-by-cyclevos")
+    Image.fromarray(plot_scores(scores, suggested, frames)).save(plot, format="PNG", pnginfo=info)
     return plot
 
 

@@ -34,6 +34,13 @@ def check_mask(ids: np.ndarray, frame_size: tuple[int, int], name: str = "mask")
             f"{name} is {w}x{h} but the frame is {fw}x{fh} (width x height); resize the mask "
             f"to {fw}x{fh} or give the frame it was drawn on"
         )
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"{name} has dtype {a.dtype}; object ids must be whole numbers 0..255")
+    if a.dtype.kind == "f" and not (np.isfinite(a).all() and (a == np.round(a)).all()):
+        raise InputError(
+            f"{name} holds non-integer values (a soft or NaN mask); object ids must be whole numbers 0..255: "
+            "threshold it first"
+        )
     objects = np.unique(a)
     objects = objects[objects != 0]
     if objects.size == 0:

@@ -44,8 +44,18 @@ def read_label_png(path: Path) -> np.ndarray:
 
     Palette PNGs give their indices (DAVIS: 255 is void). 1-bit PNGs (DAVIS 2016 ships these) give 0/1.
     Grey PNGs give their values, except that a 0/255-only mask is a binary mask and reads as 0/1.
-    Colour PNGs are refused: their colours do not say which object id they mean.
+    Colour PNGs are refused: their colours do not say which object id they mean; a file that is not an
+    image is an InputError naming it.
     """
+    try:
+        return _read_label_png(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise InputError(
+            f"cannot read label PNG {path} ({type(e).__name__}: {str(e)[:120]}); replace that file"
+        ) from None
+
+
+def _read_label_png(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         mode = im.mode
         if mode in ("LA", "PA"):

@@ -120,6 +120,22 @@ class FrameSource:
         return np.concatenate([out] + extra) if extra else out
 
 
+def rgb8(im: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of any image: 16-bit (and 32-bit integer) grey scaled from 0..65535 to 0..255, not
+    clipped at 255 as PIL's convert does (which turns them white); 48-bit RGB PNGs PIL already reduces to
+    their high bytes."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
+        grey = ((a * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        top = 1.0 if np.nanmax(a, initial=0) <= 1.0 else 255.0
+        grey = (np.clip(np.nan_to_num(a) / top, 0, 1) * 255 + 0.5).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.array(im.convert("RGB"))
+
+
 class FolderFrames(FrameSource):
     """Image files of a folder in natural name order; stems are the file stems."""
 
@@ -181,7 +197,7 @@ class FolderFrames(FrameSource):
         for p in self.files:
             try:
                 with Image.open(p) as im:
-                    frame = np.array(ImageOps.exif_transpose(im).convert("RGB"))
+                    frame = rgb8(ImageOps.exif_transpose(im))
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 raise InputError(f"cannot read frame {p} ({e}); remove or replace that file") from None
             if frame.shape[:2] != self.raw_size:
@@ -213,21 +229,46 @@ class VideoFrames(FrameSource):
         self.raw_size = (int(h), int(w))
         self.size = fit_size(self.raw_size, self.max_side)
         self.fps = float(meta["fps"]) if meta.get("fps") else None
+        self.duration = float(meta["duration"]) if meta.get("duration") else None
         self.total: int | None = None  # counted on first len(), or learnt from a full pass
 
     def _count(self) -> int:
-        """Exact frame count: ffmpeg decodes the stream once (header estimates are often off by a few)."""
+        """Exact frame count: ffmpeg reads the stream once (header estimates are often off by a few). A
+        stream that ends early (ffmpeg's "partial file", or far less time than the container's duration)
+        is an error: a cut download must not give a complete-looking result."""
         if self.total is None:
+            import subprocess
+
             import imageio_ffmpeg
 
+            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(self.path)]
+            cmd += ["-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
             try:
-                n, _secs = imageio_ffmpeg.count_frames_and_secs(str(self.path))
-            except (OSError, RuntimeError) as e:
+                r = subprocess.run(cmd, capture_output=True, timeout=3600)
+            except (OSError, subprocess.SubprocessError) as e:
+                raise InputError(f"cannot count the frames of {self.path}: {e}") from None
+            text = r.stderr.decode("utf-8", "replace").replace("\r", "\n")
+            counts = re.findall(r"frame=\s*(\d+)", text)
+            if r.returncode != 0 or not counts:
                 raise InputError(
-                    f"cannot count the frames of {self.path}: {_last_line(e)}; "
+                    f"cannot count the frames of {self.path}: {_last_line(RuntimeError(text))}; "
                     "re-encode the video (e.g. ffmpeg -i in.mov out.mp4)"
-                ) from None
-            self.total = int(n)
+                )
+            n = int(counts[-1])
+            times = re.findall(r"time=\s*(\d+):(\d+):([\d.]+)", text)
+            secs = (lambda h, m, s: int(h) * 3600 + int(m) * 60 + float(s))(*times[-1]) if times else None
+            if "partial file" in text:
+                raise InputError(
+                    f"video {self.path} is truncated (ffmpeg: partial file; {n} frames readable): "
+                    "give the complete file or re-encode what is left"
+                )
+            step = 1 / self.fps if self.fps else 0.1
+            if self.duration and secs is not None and secs + 2 * step < 0.9 * self.duration:
+                raise InputError(
+                    f"video {self.path} is truncated or damaged: its video stream ends at {secs:.2f} s "
+                    f"({n} frames) but the file says {self.duration:.2f} s; give the complete file or re-encode it"
+                )
+            self.total = n
         return self.total
 
     def __len__(self) -> int:

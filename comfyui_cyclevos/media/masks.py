@@ -49,6 +49,25 @@ def _grey_ids(a: np.ndarray) -> np.ndarray:
     return a.astype(np.uint8)
 
 
+def _wide_ids(a: np.ndarray) -> np.ndarray:
+    """A 16-bit (or 32-bit) grey mask holds ids, read as they are: no threshold at 128 as for 8-bit grey. A
+    two-level 0/N mask with N above 255 is a binary mask (one object); other ids above 255 are refused."""
+    if a.size == 0:
+        return a.astype(np.uint8)
+    if a.min() < 0:
+        raise InputError("mask holds negative values; object ids must be 0..255")
+    values = np.unique(a)
+    if len(values) == 2 and values[0] == 0 and values[1] > 255:
+        return (a > 0).astype(np.uint8)
+    if values[-1] > 255:
+        n = int((values != 0).sum())
+        raise InputError(
+            f"16-bit mask holds {n} object id(s) up to {int(values[-1])}: ids must be 1..255 (at most 255 objects); "
+            "renumber the objects 1..255 and save an 8-bit palette PNG"
+        )
+    return a.astype(np.uint8)
+
+
 def _colour_ids(rgb: np.ndarray) -> np.ndarray:
     """Solid colours -> ids: DAVIS palette indices if every colour is a palette colour, else order of appearance."""
     h, w, _ = rgb.shape
@@ -86,6 +105,8 @@ def _ids_from_image(im: Image.Image) -> np.ndarray:
         mode = im.mode
     if mode == "1":
         return np.array(im, np.uint8)
+    if mode.startswith("I;16") or mode == "I":
+        return _wide_ids(np.asarray(im, dtype=np.int64))
     if mode in ("L", "F") or mode.startswith("I"):
         return _grey_ids(np.array(im))
     rgb = np.array(im.convert("RGB"))

@@ -16,7 +16,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import WeightsError
-from .checkpoint import save_checkpoint
+from .checkpoint import check_finite, save_checkpoint
 from .network import _MEAN, _STD, CycleVOSNet
 
 SOURCES = ("stm", "stm-cycle")
@@ -62,11 +62,13 @@ def _read_state(src: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The state_dict and the file's other top-level entries (STM-cycle: epoch, max_skip)."""
     if not src.is_file():
         raise WeightsError(f"weights file {src} not found")
+    if src.stat().st_size == 0:
+        raise WeightsError(f"weights file {src} is empty (0 bytes): download it again")
     try:
         payload = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightsError(
-            f"cannot read {src} as a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+            f"cannot read {src} as a PyTorch checkpoint ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})"
         ) from None
     if not isinstance(payload, dict):
         raise WeightsError(f"{src} holds a {type(payload).__name__}, not a state_dict")
@@ -176,9 +178,13 @@ def convert(src_path: str | Path, dst_path: str | Path, source: str, half: bool 
     src = Path(src_path)
     state, extra = _read_state(src)
     config = _config_from_shapes(state, source, src)
+    check_finite(state, src)
     net = CycleVOSNet(config)
     net.load_state_dict(map_state(state, source, net, src), strict=True)
     meta = {"converted_from": source, "source_file": src.name, "source_keys": len(state)}
     meta.update({f"source_{k}": v for k, v in extra.items()})  # STM-cycle: source_epoch, source_max_skip
-    save_checkpoint(dst_path, net, extra=meta, half=half)
+    try:
+        save_checkpoint(dst_path, net, extra=meta, half=half)
+    except OSError as e:
+        raise WeightsError(f"cannot write {dst_path}: {e.strerror or e}; choose a writable destination") from None
     return {**meta, "config": config.to_dict()}

@@ -11,19 +11,37 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
+FLOAT_SLACK = 1e-3  # float frames a little outside 0..1 (resampling overshoot) are clamped, not refused
+
 
 def to_frame_tensor(frame) -> torch.Tensor:
-    """(H, W, 3) uint8 numpy array or float tensor in 0..1 -> (1, 3, H, W) float32 tensor."""
-    if isinstance(frame, np.ndarray):
-        if frame.ndim != 3 or frame.shape[2] != 3:
-            raise InputError(f"a frame must be (H, W, 3) RGB, got shape {frame.shape}")
-        frame = np.ascontiguousarray(frame)
-        t = torch.from_numpy(frame if frame.flags.writeable else frame.copy())  # decoders give read-only arrays
-        t = t.float() / 255 if frame.dtype == np.uint8 else t.float()
-    else:
-        t = frame.float()
-        if t.ndim != 3 or t.shape[2] != 3:
-            raise InputError(f"a frame must be (H, W, 3) RGB, got shape {tuple(t.shape)}")
+    """(H, W, 3) uint8 array or tensor, or float array or tensor in 0..1 -> (1, 3, H, W) float32 tensor.
+
+    Anything else is refused before it reaches the network (where a NaN would spread into memory and lose
+    the objects for the rest of the video): NaN or infinite values, floats outside 0..1 (e.g. 0..255), and
+    other integer types (e.g. uint16)."""
+    t = torch.from_numpy(np.ascontiguousarray(frame)) if isinstance(frame, np.ndarray) else frame
+    if not isinstance(t, torch.Tensor):
+        raise InputError(f"a frame must be an (H, W, 3) array or tensor, got {type(frame).__name__}")
+    if t.ndim != 3 or t.shape[2] != 3:
+        raise InputError(f"a frame must be (H, W, 3) RGB, got shape {tuple(t.shape)}")
+    if t.dtype == torch.uint8:
+        return t.float().div(255).permute(2, 0, 1)[None]
+    if not t.is_floating_point():
+        raise InputError(
+            f"a frame is {t.dtype}: give uint8 (0..255) or float (0..1) frames, e.g. frame / 65535 for 16-bit"
+        )
+    t = t.float()
+    if t.numel():
+        if not bool(torch.isfinite(t).all()):
+            raise InputError("a frame holds NaN or infinite values: give finite float frames in 0..1")
+        lo, hi = torch.aminmax(t)
+        if lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:
+            raise InputError(
+                f"a float frame holds values from {float(lo):.3g} to {float(hi):.3g}: float frames must be in 0..1 "
+                "(divide 0..255 frames by 255)"
+            )
+        t = t.clamp(0, 1)
     return t.permute(2, 0, 1)[None]
 
 
