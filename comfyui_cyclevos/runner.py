@@ -21,6 +21,7 @@ from .cycle.confidence import suggest_keyframes, write_report
 from .errors import InputError
 from .inference.engine import InferenceCore, propagate_both_ways
 from .inference.objects import check_mask
+from .inference.video_adaptation import VideoAdaptation, network_for_video
 from .media.edges import EdgeConfig, refine_ids
 from .media.frames import FrameSource
 from .media.writers import MaskVideoWriter, OverlayVideoWriter, write_palette_png
@@ -88,6 +89,7 @@ class SegmentedFrames:
     ids: torch.Tensor  # (B, H, W) uint8
     object_ids: list[int]
     scores: dict[int, dict[int, float]]
+    adaptation: VideoAdaptation | None = None  # with InferenceConfig.adapt on
 
 
 def segment_frames(
@@ -99,30 +101,48 @@ def segment_frames(
     device: torch.device | None = None,
     precision: Precision | None = None,
     progress: Callable[[int, int, Any, np.ndarray], None] | None = None,
+    adapt_progress: Callable[[int, int], None] | None = None,
 ) -> SegmentedFrames:
     """Segment a video from the ids drawn on ``keyframes`` (forward from the earliest, then backward; see
     ``propagate_both_ways``). ``frames``: a (B, H, W, 3) float tensor in 0..1 or uint8 array held in
     memory, or a ``FrameSource`` streamed from its file (only the frames before the earliest keyframe are
     kept, for the backward pass). ``progress(done, t, frame, ids)`` is called after each frame with the
-    count done, the frame's index, the frame as given and its (H, W) ids (e.g. for a preview); it may raise to stop."""
+    count done, the frame's index, the frame as given and its (H, W) ids (e.g. for a preview); it may raise to stop.
+    With ``config.adapt`` on, the network is first adapted to the frames (``inference.video_adaptation``),
+    ``adapt_progress(step, steps)`` called before each step (it may raise to stop)."""
+    config = config or InferenceConfig()
     if isinstance(frames, FrameSource):
-        shape, items = (len(frames), *frames.size), ((i, f) for i, (_, f) in enumerate(frames))
+        shape = (len(frames), *frames.size)
+
+        def indexed():
+            return ((i, f) for i, (_, f) in enumerate(frames))
     else:
-        shape, items = tuple(frames.shape[:3]), enumerate(frames)
+        shape = tuple(frames.shape[:3])
+
+        def indexed():
+            return enumerate(frames)
+
+    adaptation = None
+    if config.adapt.enabled:
+        adaptation = network_for_video(
+            net, indexed, keyframes, config=config, device=device, precision=precision, progress=adapt_progress
+        )
+        net = adaptation.net
     out = torch.zeros(shape, dtype=torch.uint8)
     scores: dict[int, dict[int, float]] = {}
 
     def make_engine():
         return InferenceCore(net, config, device, precision)
 
-    for done, (t, frame, labels, frame_scores) in enumerate(propagate_both_ways(make_engine, items, keyframes), 1):
+    run = propagate_both_ways(make_engine, indexed(), keyframes)
+    for done, (t, frame, labels, frame_scores) in enumerate(run, 1):
         out[t] = torch.from_numpy(labels)
         if frame_scores:
             scores[t] = frame_scores
         if progress is not None:
             progress(done, t, frame, labels)
     object_ids = sorted({int(i) for ids in keyframes.values() for i in np.unique(ids) if i != 0})
-    return SegmentedFrames(out, object_ids, scores)
+    return SegmentedFrames(out, object_ids, scores, adaptation)
 
 
 def segment_video(
@@ -136,6 +156,7 @@ def segment_video(
     overlay_path: str | os.PathLike | None = None,
     mask_video_path: str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
+    adapt_progress: Callable[[int, int], None] | None = None,
     removals: dict[int, list[int]] | None = None,
     report: str | os.PathLike | None = None,
     edges: EdgeConfig | None = None,
@@ -149,7 +170,9 @@ def segment_video(
     (with a ``cyclevos.json`` summary); an error or an interruption leaves only the ``.partial`` folder.
     ``report`` (a .csv path; needs ``config.confidence.enabled``) gets the cycle scores, a plot beside it,
     and the suggested keyframes go into the summary. ``edges`` refines each written id map (grow or shrink,
-    fill holes, remove specks); it is post-processing: memory holds the engine's own masks.
+    fill holes, remove specks); it is post-processing: memory holds the engine's own masks. With
+    ``config.adapt`` on, the network is first adapted to the video and guarded (``inference.video_adaptation``;
+    ``adapt_progress(step, steps)`` before each step) and the summary records it.
     """
     out = Path(out_dir)
     config = config or InferenceConfig()
@@ -159,6 +182,19 @@ def segment_video(
     start = min(keyframes)
     if (overlay_path or mask_video_path) and start:
         raise InputError("--overlay and --mask-video need a mask on the first frame (frame 0)")
+    adaptation = None
+    if config.adapt.enabled:  # a bad --out fails first; then the video is read once more to adapt
+        check_output_dir(out)
+        adaptation = network_for_video(
+            net,
+            lambda: ((i, f) for i, (_, f) in enumerate(source)),
+            keyframes,
+            config=config,
+            device=device,
+            removals=removals,
+            progress=adapt_progress,
+        )
+        net = adaptation.net
     partial = _prepare_out_dir(out)
     written = 0
     scores: dict[int, dict[int, float]] = {}  # video frame index -> {object id: score}
@@ -202,6 +238,8 @@ def segment_video(
         "edges": asdict(edges or EdgeConfig()),
         "model": net.config.to_dict(),
     }
+    if adaptation is not None:
+        summary["adaptation"] = adaptation.summary()
     if config.confidence.enabled:
         summary["suggested_keyframes"] = suggest_keyframes(scores, frames=written)
         summary["scored_frames"] = len(scores)
