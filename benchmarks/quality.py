@@ -7,6 +7,7 @@
     python benchmarks/quality.py --precision fp32,bf16    # a line per precision (auto: the engine's choice)
     python benchmarks/quality.py --size 240,360,480       # a line per processing size
     python benchmarks/quality.py --precision fp32 --emulate bf16   # bf16 (or fp16) convolutions emulated in fp32
+    python benchmarks/quality.py --adapt 0,15,30,60     # test-time adaptation: J&F, seconds, per sequence
 
 Needs the DAVIS-2016 dev sequences beside the repo (../shared/data). Prints one line (a line per rate
 with --sweep: how the shipped rate was chosen).
@@ -16,14 +17,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from machine import ALLOCATOR_HELP, machine, set_allocator
 from precision_emulation import DTYPES, rounded_convolutions
 
-from comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
+from comfyui_cyclevos.config import AdaptConfig, CorrectionConfig, GuardConfig, InferenceConfig, MemoryConfig
 from comfyui_cyclevos.evaluation.evaluate import evaluate_folders
 from comfyui_cyclevos.media.davis import list_sequences
 from comfyui_cyclevos.model.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
@@ -34,13 +37,21 @@ from comfyui_cyclevos.runtime.precision import pick_precision
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016" / "dev-480p"
 
 
-def score(net, data: Path, cfg: InferenceConfig, device) -> tuple[float, float, float, float]:
-    """Segment every sequence of ``data`` with ``cfg`` and score it: J, F, J&F and frames per second."""
+def score(net, data: Path, cfg: InferenceConfig, device, per_sequence: dict | None = None):
+    """Segment every sequence of ``data`` with ``cfg`` and score it: J, F, J&F, frames per second (after
+    adaptation) and the mean seconds of adaptation per sequence (0 without). ``per_sequence`` gets
+    {name: (J&F, adaptation seconds, the network used)}."""
     names = list_sequences(data)
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         stats = segment_davis(net, data, names, tmp, config=cfg, device=device)
         ev = evaluate_folders(tmp, data, names)
-    return ev.j_mean, ev.f_mean, ev.jf_mean, stats.fps
+        runs = {n: json.loads((Path(tmp) / n / "cyclevos.json").read_text()).get("adaptation", {}) for n in names}
+    if per_sequence is not None:
+        for s in ev.sequences:
+            run = runs[s.name]
+            per_sequence[s.name] = (s.jf_mean, run.get("seconds", 0.0), run.get("used", "original"))
+    adapt_seconds = sum(r.get("seconds", 0.0) for r in runs.values()) / len(names)
+    return ev.j_mean, ev.f_mean, ev.jf_mean, stats.fps, adapt_seconds
 
 
 def gc_config(
@@ -80,6 +91,14 @@ def main() -> None:
         default=None,
         help="round every convolution to bf16 or fp16 in float32 (precision_emulation.py): their quality where they do not run",
     )
+    ap.add_argument(
+        "--adapt",
+        default=None,
+        help="comma-separated test-time adaptation steps (e.g. 0,15,30,60): a line each, with and without correction, "
+        "seconds of adaptation per video and frames/s of the rest, then J&F per sequence",
+    )
+    ap.add_argument("--adapt-rate", type=float, default=AdaptConfig.rate)
+    ap.add_argument("--no-adapt-guard", action="store_true", help="keep the adapted network whatever the guard says")
     ap.add_argument("--host-allocator", action="store_true", help=ALLOCATOR_HELP)
     a = ap.parse_args()
     set_allocator(a.host_allocator)
@@ -105,6 +124,9 @@ def run(a: argparse.Namespace) -> None:
     alpha = (
         a.gc_rate if a.gc_rate is not None else float(checkpoint_meta(weights).get("gc_rate", CorrectionConfig.rate))
     )
+    if a.adapt is not None:
+        adapt_rows(a, net, weights, alpha, device)
+        return
     for precision in a.precision.split(","):
         for size in (int(x) for x in a.size.split(",")):
             name = pick_precision(device, precision).name
@@ -116,6 +138,37 @@ def run(a: argparse.Namespace) -> None:
                 f"with GC (alpha {alpha:g}{', soft memory' if a.soft_memory else ''}) J {on[0]:.3f} F {on[1]:.3f} J&F {on[2]:.3f} ({on[3]:.1f} fps) | {machine()}",
                 flush=True,
             )
+
+
+def adapt_rows(a: argparse.Namespace, net, weights: Path, alpha: float, device) -> None:
+    """A line per adaptation steps value: dev J&F with and without correction, seconds of adaptation per
+    video, frames/s of the rest; then the J&F of each sequence with correction."""
+    table = {}
+    for steps in (int(x) for x in a.adapt.split(",")):
+        guard = GuardConfig(enabled=not a.no_adapt_guard)
+        adapt = AdaptConfig(steps=steps, rate=a.adapt_rate, guard=guard)
+        rows = {}
+        results = {}
+        for gc in (False, True):
+            cfg = replace(gc_config(gc, alpha, not a.soft_memory, a.precision.split(",")[0]), adapt=adapt)
+            results[gc] = score(net, a.data, cfg, device, rows if gc else None)
+        table[steps] = rows
+        off, on = results[False], results[True]
+        print(
+            f"quality {a.data.name} ({weights.name}) adapt {steps} steps (rate {a.adapt_rate:g}, guard "
+            f"{'on' if guard.enabled else 'off'}): without GC J&F {off[2]:.3f} ({off[3]:.1f} fps); with GC J&F "
+            f"{on[2]:.3f} ({on[3]:.1f} fps); adaptation {on[4]:.1f} s per video | {machine()}",
+            flush=True,
+        )
+    names = sorted(next(iter(table.values())))
+    print("J&F with GC per sequence: " + ", ".join(names))
+    for steps, rows in table.items():
+        cells = [f"{rows[n][0]:.3f}{'' if rows[n][2] == 'adapted' or not steps else ' (original kept)'}" for n in names]
+        print(
+            f"  adapt {steps:>3}: "
+            + ", ".join(cells)
+            + f"  | adaptation s: {', '.join(f'{rows[n][1]:.0f}' for n in names)}"
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from .config import CorrectionConfig, MemoryConfig
+from .config import ADAPT_DEFAULT_STEPS, AdaptConfig, CorrectionConfig, MemoryConfig
 from .demo import demo_clip
 from .errors import CycleVOSError
 from .runtime.allocator import keep_freed_memory
@@ -96,6 +96,28 @@ def _inference_options(fn):
             help="Correction rate alpha (default: the checkpoint's measured value, else 150; the loss is a per-pixel mean).",
         ),
         click.option(
+            "--adapt",
+            "adapt_steps",
+            type=click.IntRange(min=0),
+            default=ADAPT_DEFAULT_STEPS,
+            show_default=True,
+            help="Test-time adaptation: STEPS Adam steps of the cycle loss (Eq. 2-4) on this video's own frames "
+            "before segmenting (0: off, the fastest).",
+        ),
+        click.option(
+            "--adapt-rate",
+            type=click.FloatRange(min=0, min_open=True),
+            default=AdaptConfig.rate,
+            show_default=True,
+            help="Adam's learning rate for --adapt.",
+        ),
+        click.option(
+            "--adapt-guard/--no-adapt-guard",
+            default=True,
+            show_default=True,
+            help="Keep the original network's masks when the adapted one follows other objects (drift).",
+        ),
+        click.option(
             "--mem-every",
             type=click.IntRange(min=1),
             default=MemoryConfig.every,
@@ -162,6 +184,39 @@ class OneLineGroup(click.Group):
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+class _Phases:
+    """A progress bar per phase of a run, each opened when its phase starts: adaptation's steps (when on),
+    then the frames. ``adapt(step, steps)`` and ``frames(n)`` are the runner's callbacks."""
+
+    def __init__(self, frames: int, label: str):
+        self.length, self.label, self.bar, self.name = frames, label, None, None
+
+    def _phase(self, name: str, length: int):
+        if self.name != name:
+            self.close()
+            self.name, self.bar = name, click.progressbar(length=length, label=name, file=sys.stderr)
+            self.bar.__enter__()
+        return self.bar
+
+    def adapt(self, step: int, steps: int) -> None:
+        bar = self._phase("adapting to the video", steps)
+        bar.update(step - bar.pos)
+
+    def frames(self, n: int) -> None:
+        self._phase(self.label, self.length).update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+    def __enter__(self) -> _Phases:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -314,7 +369,7 @@ def segment(
     net, cfg, dev = _engine_setup(**engine_options)
     if report is not None:
         cfg = replace(cfg, confidence=replace(cfg.confidence, enabled=True))
-    with click.progressbar(length=len(source), label="segmenting", file=sys.stderr) as bar:
+    with _Phases(len(source), "segmenting") as bars:
         stats = segment_video(
             net,
             source,
@@ -324,7 +379,8 @@ def segment(
             device=dev,
             overlay_path=overlay,
             mask_video_path=mask_video,
-            progress=bar.update,
+            progress=bars.frames,
+            adapt_progress=bars.adapt,
             removals=removal_frames,
             report=report,
             edges=EdgeConfig(grow, fill_holes, min_area),
@@ -355,7 +411,7 @@ def demo(out_dir, **engine_options):
     net, cfg, dev = _engine_setup(**engine_options)
     out = Path(out_dir)
     overlay = out.with_name(out.name + "-overlay.mp4")
-    with click.progressbar(length=len(source), label="segmenting the demo clip", file=sys.stderr) as bar:
+    with _Phases(len(source), "segmenting the demo clip") as bars:
         stats = segment_video(
             net,
             source,
@@ -364,7 +420,8 @@ def demo(out_dir, **engine_options):
             config=cfg,
             device=dev,
             overlay_path=overlay,
-            progress=bar.update,
+            progress=bars.frames,
+            adapt_progress=bars.adapt,
         )
     click.echo(f"{stats.frames} frames at {stats.fps:.1f} frames/s")
     click.echo(f"masks:   {out.resolve()}/")

@@ -112,6 +112,74 @@ class ConfidenceConfig:
 
 
 @dataclass
+class GuardConfig:
+    """When to keep the original network's masks after adaptation (``cycle/drift_guard.py``).
+
+    Not the cycle score: adaptation maximises exactly that, so it rises also where adaptation drifts. The
+    guard compares the tracks of the original and the adapted network on the same video: a frame-object
+    pair *disagrees* when their IoU is below ``low_iou``; the original is kept when more than
+    ``max_disagree`` of the pairs disagree or the median area ratio exceeds ``max_size_ratio``, unless the
+    adapted track is the steadier one (its mean |log area change| per frame at most ``steadier`` times the
+    original's: the original drifted and adaptation fixed it)."""
+
+    enabled: bool = True
+    low_iou: float = 0.5
+    max_disagree: float = 0.10
+    max_size_ratio: float = 2.0
+    steadier: float = 0.8
+    min_area: float = 16.0  # pixels: areas are floored here before their logs (empty frames)
+
+    def __post_init__(self) -> None:
+        _finite(self, "low_iou", minimum=0.0)
+        _finite(self, "max_disagree", minimum=0.0)
+        _finite(self, "max_size_ratio", minimum=1.0)
+        _finite(self, "steadier", minimum=0.0)
+        _finite(self, "min_area", minimum=1.0)
+
+
+ADAPT_PARTS = ("decoder", "mask_encoder", "heads", "encoder_late")
+ADAPT_DEFAULT_STEPS = 30  # the CLI's and the nodes' default; the library's InferenceConfig() stays unadapted
+
+
+@dataclass
+class AdaptConfig:
+    """Test-time cyclic adaptation (``cycle/adaptation.py``): before a video is segmented, ``steps`` Adam steps
+    of rate ``rate`` fine-tune a copy of the network with the cycle loss of Eq. 2-4 alone, on clips of
+    ``batch`` triplets sampled from the video's own frames: a keyframe with its mask (every keyframe is a
+    reference, forward or backward in time), t1 anywhere on that side, t2 at most ``max_gap`` frames further;
+    ``gamma`` (γ) as in Eq. 4. ``parts`` are the parts trained (the frozen encoder's features are computed
+    once per frame); ``l2sp`` > 0 adds a penalty l2sp/2 · ||θ − θ₀||² toward the original weights.
+    ``steps`` 0 turns adaptation off. ``seed`` makes it deterministic."""
+
+    steps: int = 30
+    rate: float = 1e-4
+    batch: int = 2
+    max_gap: int = 10
+    flip: bool = True
+    parts: tuple[str, ...] = ("decoder", "mask_encoder")
+    l2sp: float = 0.0
+    gamma: float = 1.0  # γ
+    seed: int = 0
+    guard: GuardConfig = field(default_factory=GuardConfig)
+
+    def __post_init__(self) -> None:
+        _at_least(self, "steps", 0)
+        _finite(self, "rate", minimum=0.0)
+        _at_least(self, "batch", 1)
+        _at_least(self, "max_gap", 1)
+        _finite(self, "l2sp", minimum=0.0)
+        _finite(self, "gamma", minimum=0.0)
+        self.parts = tuple(self.parts)
+        unknown = sorted(set(self.parts) - set(ADAPT_PARTS))
+        if unknown or not self.parts:
+            raise InputError(f"AdaptConfig.parts {list(self.parts)}: choose one or more of {', '.join(ADAPT_PARTS)}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.steps > 0
+
+
+@dataclass
 class InferenceConfig:
     """Everything the engine needs besides the network."""
 
@@ -120,6 +188,7 @@ class InferenceConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+    adapt: AdaptConfig = field(default_factory=lambda: AdaptConfig(steps=0))
 
     @classmethod
     def from_options(
@@ -133,10 +202,13 @@ class InferenceConfig:
         gc_rate: float | None = None,
         mem_every: int = MemoryConfig.every,
         mem_capacity: int = MemoryConfig.capacity,
+        adapt_steps: int = ADAPT_DEFAULT_STEPS,
+        adapt_rate: float = AdaptConfig.rate,
+        adapt_guard: bool = True,
         checkpoint_rate: float | None = None,
     ) -> InferenceConfig:
         """The config from the flat options of the CLI and the nodes (one vocabulary: ``gc_*`` are the fields
-        of ``CorrectionConfig``, ``mem_*`` those of ``MemoryConfig``). ``gc_rate`` None (or 0, a node's
+        of ``CorrectionConfig``, ``mem_*`` those of ``MemoryConfig``, ``adapt_*`` those of ``AdaptConfig``). ``gc_rate`` None (or 0, a node's
         "default") takes ``checkpoint_rate``, the rate measured for the checkpoint, else the default α."""
         if not gc_rate:
             gc_rate = CorrectionConfig.rate if checkpoint_rate is None else float(checkpoint_rate)
@@ -146,6 +218,9 @@ class InferenceConfig:
             memory=MemoryConfig(every=int(mem_every), capacity=int(mem_capacity)),
             correction=CorrectionConfig(
                 enabled=bool(gc), every=int(gc_every), steps=int(gc_steps), rate=float(gc_rate)
+            ),
+            adapt=AdaptConfig(
+                steps=int(adapt_steps), rate=float(adapt_rate), guard=GuardConfig(enabled=bool(adapt_guard))
             ),
         )
 

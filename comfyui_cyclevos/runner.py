@@ -20,6 +20,7 @@ from .cycle.confidence import suggest_keyframes, write_report
 from .errors import InputError
 from .inference.engine import InferenceCore, propagate_both_ways
 from .inference.objects import check_mask
+from .inference.video_adaptation import VideoAdaptation, network_for_video
 from .media.edges import EdgeConfig, refine_ids
 from .media.frames import FrameSource
 from .media.output_dir import DONE_FILE, OutputFolder, check_output_file, clean_stale_partials, partial_name
@@ -97,6 +98,7 @@ class SegmentedFrames:
     ids: torch.Tensor  # (B, H, W) uint8
     object_ids: list[int]
     scores: dict[int, dict[int, float]]
+    adaptation: VideoAdaptation | None = None  # with InferenceConfig.adapt on
 
 
 def segment_frames(
@@ -108,30 +110,48 @@ def segment_frames(
     device: torch.device | None = None,
     precision: Precision | None = None,
     progress: Callable[[int, int, Any, np.ndarray], None] | None = None,
+    adapt_progress: Callable[[int, int], None] | None = None,
 ) -> SegmentedFrames:
     """Segment a video from the ids drawn on ``keyframes`` (forward from the earliest, then backward; see
     ``propagate_both_ways``). ``frames``: a (B, H, W, 3) float tensor in 0..1 or uint8 array held in
     memory, or a ``FrameSource`` streamed from its file (only the frames before the earliest keyframe are
     kept, for the backward pass). ``progress(done, t, frame, ids)`` is called after each frame with the
-    count done, the frame's index, the frame as given and its (H, W) ids (e.g. for a preview); it may raise to stop."""
+    count done, the frame's index, the frame as given and its (H, W) ids (e.g. for a preview); it may raise to stop.
+    With ``config.adapt`` on, the network is first adapted to the frames (``inference.video_adaptation``),
+    ``adapt_progress(step, steps)`` called before each step (it may raise to stop)."""
+    config = config or InferenceConfig()
     if isinstance(frames, FrameSource):
-        shape, items = (len(frames), *frames.size), ((i, f) for i, (_, f) in enumerate(frames))
+        shape = (len(frames), *frames.size)
+
+        def indexed():
+            return ((i, f) for i, (_, f) in enumerate(frames))
     else:
-        shape, items = tuple(frames.shape[:3]), enumerate(frames)
+        shape = tuple(frames.shape[:3])
+
+        def indexed():
+            return enumerate(frames)
+
+    adaptation = None
+    if config.adapt.enabled:
+        adaptation = network_for_video(
+            net, indexed, keyframes, config=config, device=device, precision=precision, progress=adapt_progress
+        )
+        net = adaptation.net
     out = torch.zeros(shape, dtype=torch.uint8)
     scores: dict[int, dict[int, float]] = {}
 
     def make_engine():
         return InferenceCore(net, config, device, precision)
 
-    for done, (t, frame, labels, frame_scores) in enumerate(propagate_both_ways(make_engine, items, keyframes), 1):
+    run = propagate_both_ways(make_engine, indexed(), keyframes)
+    for done, (t, frame, labels, frame_scores) in enumerate(run, 1):
         out[t] = torch.from_numpy(labels)
         if frame_scores:
             scores[t] = frame_scores
         if progress is not None:
             progress(done, t, frame, labels)
     object_ids = sorted({int(i) for ids in keyframes.values() for i in np.unique(ids) if i != 0})
-    return SegmentedFrames(out, object_ids, scores)
+    return SegmentedFrames(out, object_ids, scores, adaptation)
 
 
 def segment_video(
@@ -145,6 +165,7 @@ def segment_video(
     overlay_path: str | os.PathLike | None = None,
     mask_video_path: str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
+    adapt_progress: Callable[[int, int], None] | None = None,
     removals: dict[int, list[int]] | None = None,
     report: str | os.PathLike | None = None,
     edges: EdgeConfig | None = None,
@@ -163,7 +184,9 @@ def segment_video(
     (e.g. the mask files) are, with ``source.path``, paths no output may take.
     ``report`` (a .csv path; needs ``config.confidence.enabled``) gets the cycle scores, a plot beside it,
     and the suggested keyframes go into the summary. ``edges`` refines each written id map (grow or shrink,
-    fill holes, remove specks); it is post-processing: memory holds the engine's own masks.
+    fill holes, remove specks); it is post-processing: memory holds the engine's own masks. With
+    ``config.adapt`` on, the network is first adapted to the video and guarded (``inference.video_adaptation``;
+    ``adapt_progress(step, steps)`` before each step) and the summary records it.
     """
     out = Path(out_dir)
     config = config or InferenceConfig()
@@ -181,6 +204,18 @@ def segment_video(
         mask_video_path=mask_video_path,
         report=report,
     )
+    adaptation = None
+    if config.adapt.enabled:  # after the outputs are checked: the video is read once more to adapt
+        adaptation = network_for_video(
+            net,
+            lambda: ((i, f) for i, (_, f) in enumerate(source)),
+            keyframes,
+            config=config,
+            device=device,
+            removals=removals,
+            progress=adapt_progress,
+        )
+        net = adaptation.net
     partial = folder.begin()
     written: list[str] = []
     scores: dict[int, dict[int, float]] = {}  # video frame index -> {object id: score}
@@ -231,6 +266,8 @@ def segment_video(
             "model": net.config.to_dict(),
             "files": sorted(written),
         }
+        if adaptation is not None:
+            summary["adaptation"] = adaptation.summary()
         if config.confidence.enabled:
             summary["suggested_keyframes"] = suggest_keyframes(scores, frames=frames)
             summary["scored_frames"] = len(scores)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..comfyui_cyclevos.config import CorrectionConfig, InferenceConfig, MemoryConfig
+from ..comfyui_cyclevos.config import ADAPT_DEFAULT_STEPS, AdaptConfig, CorrectionConfig, InferenceConfig, MemoryConfig
 from ..comfyui_cyclevos.errors import InputError
 from ..comfyui_cyclevos.media.frames import to_uint8
 from .common import (
@@ -123,6 +123,24 @@ class CycleVOSPropagate:
                         "and the latest frame on the progress bar while it runs.",
                     },
                 ),
+                "adapt_steps": _int(
+                    ADAPT_DEFAULT_STEPS,
+                    0,
+                    1000,
+                    "Test-time adaptation: Adam steps of the cycle loss (Eq. 2-4) on this video's own frames before "
+                    "propagating, with a guard against drift (0: off, the fastest).",
+                ),
+                "adapt_rate": (
+                    "FLOAT",
+                    {
+                        "default": AdaptConfig.rate,
+                        "min": 1e-7,
+                        "max": 1e-2,
+                        "step": 1e-5,
+                        "round": False,
+                        "tooltip": "Adam's learning rate for the adaptation.",
+                    },
+                ),
             },
         }
 
@@ -141,7 +159,9 @@ class CycleVOSPropagate:
         video=None,
         confidence=None,
         preview=None,
-    ):  # frames second: positional calls of old
+        adapt_steps=None,
+        adapt_rate=None,
+    ):  # frames second: positional calls of old; optional inputs None: their widget's default
         if (frames is None) == (video is None):
             raise InputError(
                 "connect either frames (IMAGE) or video (VIDEO) to CycleVOS Propagate"
@@ -162,6 +182,8 @@ class CycleVOSPropagate:
                 gc_rate=gc_rate,
                 mem_every=mem_every,
                 mem_capacity=mem_capacity,
+                adapt_steps=ADAPT_DEFAULT_STEPS if adapt_steps is None else adapt_steps,
+                adapt_rate=AdaptConfig.rate if adapt_rate is None else adapt_rate,
                 checkpoint_rate=model.gc_rate,
             )
             config = replace(  # on unless turned off
@@ -196,6 +218,12 @@ class CycleVOSPropagate:
             shown = thumbnails is not None and thumbnails.add(t, frame, ids)
             progress.update(done, thumbnails.latest if shown else None)
 
+        adapting = _Progress(config.adapt.steps)  # adaptation's own phase on the bar, before the frames'
+
+        def adapt_report(step, steps):
+            adapting.check()
+            adapting.update(step)
+
         result = segment_frames(
             model.ready(),
             frames,
@@ -204,6 +232,7 @@ class CycleVOSPropagate:
             device=model.device,
             precision=model.precision,
             progress=report,
+            adapt_progress=adapt_report,
         )
         masks = ObjectMasks(result.ids, result.object_ids, result.scores)
         outputs = ((masks.ids > 0).float(), masks)

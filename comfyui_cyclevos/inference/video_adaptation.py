@@ -1,0 +1,129 @@
+"""The network for one video: adapted to it by the cycle loss (``cycle.adaptation``) and kept only when the
+drift guard (``cycle.drift_guard``) finds that it follows the same objects as the original network, or
+follows them more steadily.
+
+The guard pass propagates the video with both networks side by side, with gradient correction off: the
+guard asks whether the two follow the same objects, which the correction of a mask does not change, and
+without it the pass costs two plain propagations. Frames are streamed: ``frames()`` gives a new iterator
+over ``(index, frame)`` each time it is called (a ``FrameSource`` or a batch in memory can be read again).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..config import InferenceConfig
+from ..cycle.adaptation import AdaptResult, adapt
+from ..cycle.drift_guard import DriftGuard, GuardDecision
+from ..model.network import CycleVOSNet
+from ..runtime.precision import Precision
+from .engine import InferenceCore, propagate_both_ways
+
+log = logging.getLogger("cyclevos")
+
+
+@dataclass
+class VideoAdaptation:
+    """The network to segment the video with, the adaptation's record, and the guard's decision (None
+    when the guard is off)."""
+
+    net: CycleVOSNet
+    adaptation: AdaptResult
+    decision: GuardDecision | None
+    skipped: str | None = None  # why the network was not adapted
+
+    def summary(self) -> dict:
+        a, d = self.adaptation, self.decision
+        if self.skipped:
+            return {"steps": 0, "used": "original", "skipped": self.skipped}
+        out = {
+            "steps": len(a.losses),
+            "seconds": round(a.seconds, 3),
+            "cycle_loss": [round(a.losses[0], 4), round(a.losses[-1], 4)] if a.losses else [],
+            "used": "adapted" if self.net is a.net else "original",
+        }
+        if d is not None:
+            out["guard"] = {
+                "agreement": round(d.agreement, 4),
+                "disagree": round(d.disagree, 4),
+                "size_ratio": round(d.size_ratio, 4),
+                "reason": d.reason,
+            }
+        return out
+
+
+def _to_uint8(frame) -> np.ndarray:
+    if isinstance(frame, np.ndarray) and frame.dtype == np.uint8:
+        return frame
+    a = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame, np.float32)
+    return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def guard_decision(
+    net: CycleVOSNet,
+    adapted: CycleVOSNet,
+    frames: Callable[[], Iterable],
+    keyframes: dict[int, np.ndarray],
+    *,
+    config: InferenceConfig,
+    device: torch.device | None = None,
+    precision: Precision | None = None,
+    removals: dict[int, list[int]] | None = None,
+) -> GuardDecision:
+    """Propagate the video with ``net`` and ``adapted`` side by side (correction off) and decide."""
+    plain = replace(config, correction=replace(config.correction, enabled=False))
+    ids = sorted({int(i) for m in keyframes.values() for i in np.unique(m) if i != 0})
+    guard = DriftGuard(ids, config.adapt.guard)
+    runs = [
+        propagate_both_ways(lambda n=n: InferenceCore(n, plain, device, precision), frames(), keyframes, removals)
+        for n in (net, adapted)
+    ]
+    start, previous = min(keyframes), None
+    for (key, _, original, _), (_, _, changed, _) in zip(*runs):
+        if previous is not None and key < start <= previous:
+            guard.reset_time()  # the backward pass starts again at the earliest keyframe
+        previous = key
+        guard.update(original, changed)
+    return guard.decide()
+
+
+def network_for_video(
+    net: CycleVOSNet,
+    frames: Callable[[], Iterable],
+    keyframes: dict[int, np.ndarray],
+    *,
+    config: InferenceConfig,
+    device: torch.device | None = None,
+    precision: Precision | None = None,
+    removals: dict[int, list[int]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> VideoAdaptation:
+    """Adapt ``net`` to the video (``config.adapt``) and guard it (``config.adapt.guard``). ``frames()``
+    yields ``(index, frame)`` pairs in video order; ``progress(step, steps)`` as in ``adapt`` (it may raise
+    to cancel). A network that adaptation does not support (the STM memory encoder, which encodes the
+    masks with a second backbone) is used as it is, and the record says why."""
+    if net.config.memory_encoder != "fused":
+        reason = f"not supported for memory_encoder {net.config.memory_encoder!r}: the original network is used"
+        log.warning("cyclevos: test-time adaptation %s", reason)
+        return VideoAdaptation(net, AdaptResult(net), None, reason)
+    result = adapt(
+        net,
+        (_to_uint8(frame) for _, frame in frames()),
+        keyframes,
+        config=config.adapt,
+        size=config.size,
+        device=device,
+        precision=precision,
+        progress=progress,
+    )
+    if not config.adapt.guard.enabled:
+        return VideoAdaptation(result.net, result, None)
+    decision = guard_decision(
+        net, result.net, frames, keyframes, config=config, device=device, precision=precision, removals=removals
+    )
+    return VideoAdaptation(result.net if decision.use_adapted else net, result, decision)
