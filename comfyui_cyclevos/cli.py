@@ -409,11 +409,15 @@ def batch(
         k, n = parse_shard(shard)
         jobs = take_shard(jobs, k, n)
         summary_name = f"batch-{k}-of-{n}.csv"
+    summary = Summary(Path(summary_path) if summary_path else out / summary_name)
+    if summary_path and not summary.path.absolute().parent.is_dir():
+        raise click.BadParameter(
+            f"{summary.path.parent} is not a folder: give a file in an existing one", param_hint="--summary"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create {out} ({e.strerror or e}): choose a writable --out") from None
-    summary = Summary(Path(summary_path) if summary_path else out / summary_name)
     options = JobOptions(overlay, mask_video, report, EdgeConfig(grow, fill_holes, min_area))
     if engine_options["weights"]:
         engine_options["weights"] = str(Path(engine_options["weights"]).absolute())  # as the workers see it

@@ -67,9 +67,17 @@ def fast(checkpoint: Path) -> list:
 # ----------------------------------------------------------------------------- one process
 
 
-def test_a_broken_video_is_recorded_and_the_batch_goes_on(tmp_path, random_checkpoint) -> None:
-    folder, out = shots(tmp_path / "shots"), tmp_path / "out"
-    r = run("batch", folder, "--out", out, *fast(random_checkpoint))
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, random_checkpoint):
+    """A batch of shots() (a, b good, c broken): (the folder, OUT, the result). The rerun test goes on
+    from it, so the two share one first run."""
+    tmp = tmp_path_factory.mktemp("batch")
+    folder, out = shots(tmp / "shots"), tmp / "out"
+    return folder, out, run("batch", folder, "--out", out, *fast(random_checkpoint))
+
+
+def test_a_broken_video_is_recorded_and_the_batch_goes_on(first_run) -> None:
+    folder, out, r = first_run
     assert r.exit_code == 1, r.output
     assert "error: 1 of 3 video(s) failed" in r.output
     rows = summary(out / "batch.csv")
@@ -83,24 +91,19 @@ def test_a_broken_video_is_recorded_and_the_batch_goes_on(tmp_path, random_check
     assert not (out / "c").exists()
 
 
-def test_a_rerun_skips_finished_videos_and_does_the_rest(tmp_path, random_checkpoint) -> None:
-    folder, out = tmp_path / "shots", tmp_path / "out"
-    folder.mkdir()
-    write_video(folder / "a.mp4")
-    write_mask(folder / "a.png")
-    (folder / "c.mp4").write_bytes(b"broken")
-    write_mask(folder / "masks" / "c.png")
-    assert run("batch", folder, "--out", out, *fast(random_checkpoint)).exit_code == 1
+def test_a_rerun_skips_finished_videos_and_does_the_rest(first_run, random_checkpoint) -> None:
+    folder, out, r = first_run
+    assert r.exit_code == 1, r.output
     before = {p: p.stat().st_mtime_ns for p in (out / "a").iterdir()}
     write_video(folder / "c.mp4")  # the broken video is fixed
     r = run("batch", folder, "--out", out, *fast(random_checkpoint))
     assert r.exit_code == 0, r.output
     rows = summary(out / "batch.csv")
-    assert [rows[v]["status"] for v in ("a.mp4", "c.mp4")] == ["skipped", "done"]
+    assert [rows[v]["status"] for v in ("a.mp4", "b.mp4", "c.mp4")] == ["skipped", "skipped", "done"]
     assert rows["a.mp4"]["frames"] == str(FRAMES)  # a skipped row keeps its numbers
     assert {p: p.stat().st_mtime_ns for p in (out / "a").iterdir()} == before  # not written again
     assert (out / "c" / "cyclevos.json").is_file()
-    assert "0 failed" in r.output
+    assert "3 video(s): 1 done, 2 skipped (finished before), 0 failed" in r.output
 
 
 def test_every_video_is_in_exactly_one_shard(tmp_path, random_checkpoint) -> None:
