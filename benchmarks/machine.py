@@ -34,3 +34,13 @@ def machine() -> str:
         pass
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}, {_allocator}"
+
+
+def avx512() -> str:
+    """Whether the CPU has AVX-512 (and which of its bf16 / AMX extensions), from /proc/cpuinfo."""
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    found = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"yes ({', '.join(found)})" if "avx512f" in found else "no" + (" (avx2)" if "avx2" in flags else "")

@@ -1,4 +1,4 @@
-"""The ``cyclevos`` command line: segment, demo, eval, erf, train, convert.
+"""The ``cyclevos`` command line: segment, batch, demo, eval, erf, train, convert.
 
 Errors in the input (a bad video, a mask of the wrong size, missing weights…) print one line naming the
 problem and the fix, and exit with code 2; an interrupted run exits 130 and leaves no output that looks
@@ -130,6 +130,32 @@ def _inference_options(fn):
             default=MemoryConfig.capacity,
             show_default=True,
             help="Most memory frames besides the first (oldest dropped): bounds time and memory per frame.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _edge_options(fn):
+    """The written masks' edge controls, shared by segment and batch."""
+    options = [
+        click.option(
+            "--grow",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Grow (or, negative, shrink) every object by this many pixels in the written masks.",
+        ),
+        click.option(
+            "--fill-holes", is_flag=True, help="Fill holes inside an object (background regions it encloses)."
+        ),
+        click.option(
+            "--min-area",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Remove pieces of an object smaller than this many pixels.",
         ),
     ]
     for option in reversed(options):
@@ -303,21 +329,7 @@ def parse_removals(values: tuple[str, ...]) -> dict[int, list[int]]:
     multiple=True,
     help="FRAME:ID[,ID]: stop following these objects from that frame on (repeatable).",
 )
-@click.option(
-    "--grow",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Grow (or, negative, shrink) every object by this many pixels in the written masks.",
-)
-@click.option("--fill-holes", is_flag=True, help="Fill holes inside an object (background regions it encloses).")
-@click.option(
-    "--min-area",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Remove pieces of an object smaller than this many pixels.",
-)
+@_edge_options
 @click.option(
     "--report",
     type=click.Path(dir_okay=False),
@@ -387,6 +399,169 @@ def segment(
             inputs=mask_files.values(),
         )
     click.echo(f"{stats.frames} frames, {len(stats.objects)} object(s), {stats.fps:.1f} frames/s -> {out_dir}")
+
+
+@main.command()
+@click.argument("input", type=click.Path())
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output root: each video's masks go to OUT/<out column or video stem>/ (as segment's --out), the summary to OUT/batch.csv.",
+)
+@click.option(
+    "--mask-frame",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Frame index of a mask given without a frame (a folder's masks, a manifest row with an empty frame).",
+)
+@click.option("--overlay", is_flag=True, help="Also write OUT/<name>-overlay.mp4, the masks over the frames.")
+@click.option("--mask-video", is_flag=True, help="Also write OUT/<name>-masks.mp4, the masks as a video.")
+@click.option(
+    "--report",
+    is_flag=True,
+    help="Also write the cycle confidence to OUT/<name>-confidence.csv (plot beside it) and the suggested keyframes to each cyclevos.json.",
+)
+@_edge_options
+@click.option(
+    "--shard",
+    default=None,
+    metavar="K/N",
+    help="Do only the K-th of N disjoint parts (1/4 .. 4/4): video i of the list (0-based) is in part i mod N + 1; the summary is OUT/batch-K-of-N.csv.",
+)
+@click.option(
+    "--summary",
+    "summary_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the summary (video,status,frames,seconds,fps,objects,error) here instead.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run one Ray task per video on a cluster (extra 'ray'): ADDRESS as ray.init takes it (host:6379, ray://host:10001, auto); without one, RAY_ADDRESS or a local cluster. Give it after INPUT (or as --ray=ADDRESS). OUT must be a folder every node sees.",
+)
+@click.option(
+    "--ray-cpus",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="CPUs each Ray task asks for.",
+)
+@click.option(
+    "--ray-gpus", type=click.FloatRange(min=0), default=0.0, show_default=True, help="GPUs each Ray task asks for."
+)
+@_inference_options
+@_friendly
+def batch(
+    input,
+    out_dir,
+    mask_frame,
+    overlay,
+    mask_video,
+    report,
+    grow,
+    fill_holes,
+    min_area,
+    shard,
+    summary_path,
+    ray_address,
+    ray_cpus,
+    ray_gpus,
+    **engine_options,
+):
+    """Segment many videos in one job: INPUT is a manifest .csv or a folder of videos.
+
+    \b
+    Manifest: a header row, then a row per keyframe: video,mask[,frame][,out]
+      video  a video file or a folder of frames; mask  the mask drawn on frame (default --mask-frame);
+      out    the output folder under OUT (default: the video's stem).
+      Rows of the same video add keyframes; paths are relative to the manifest's folder.
+    Folder: every video file directly in INPUT, each with a mask of the same stem:
+      INPUT/a.mp4 with INPUT/a.png beside it, or else INPUT/masks/a.png.
+
+    The network loads once. Every video is written as segment writes it (OUT/<name>.partial until
+    complete); a finished one (with its cyclevos.json) is skipped, so rerunning continues a batch. A video
+    that fails is recorded in the summary and the batch goes on; the exit code is 1 when any failed.
+    """
+    from .batch.jobs import parse_shard, read_manifest, scan_folder
+    from .batch.jobs import shard as take_shard
+    from .batch.local import JobOptions, Summary, run_batch
+    from .errors import InputError
+    from .media.edges import EdgeConfig
+
+    src, out = Path(input), Path(out_dir)
+    if src.is_dir():
+        jobs = scan_folder(src, out, mask_frame=mask_frame)
+    elif src.suffix.lower() == ".csv" or src.is_file():
+        jobs = read_manifest(src, out, mask_frame=mask_frame)
+    else:
+        raise InputError(f"{src} does not exist: give a manifest .csv or a folder of videos")
+    summary_name = "batch.csv"
+    if shard is not None:
+        k, n = parse_shard(shard)
+        jobs = take_shard(jobs, k, n)
+        summary_name = f"batch-{k}-of-{n}.csv"
+    summary = Summary(Path(summary_path) if summary_path else out / summary_name)
+    if summary_path and not summary.path.absolute().parent.is_dir():
+        raise click.BadParameter(
+            f"{summary.path.parent} is not a folder: give a file in an existing one", param_hint="--summary"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create {out} ({e.strerror or e}): choose a writable --out") from None
+    options = JobOptions(overlay, mask_video, report, EdgeConfig(grow, fill_holes, min_area))
+    if engine_options["weights"]:
+        engine_options["weights"] = str(Path(engine_options["weights"]).absolute())  # as the workers see it
+    load_engine = functools.partial(_engine_setup, **engine_options)
+    click.echo(f"{len(jobs)} video(s) -> {out}", err=True)
+    with click.progressbar(
+        length=len(jobs),
+        label="videos",
+        file=sys.stderr,
+        show_eta=True,
+        item_show_func=lambda item: item,
+    ) as bar:
+
+        def on_result(r):
+            bar.update(1, f"{r.video}: {r.status}")
+
+        def on_frame(job, done, total):
+            bar.update(0, f"{job.name} {done}/{total}")
+
+        if ray_address is None:
+            run_batch(jobs, load_engine, options=options, summary=summary, on_result=on_result, on_frame=on_frame)
+        else:
+            from .batch.ray_cluster import run_batch_ray
+
+            run_batch_ray(
+                jobs,
+                load_engine,
+                options=options,
+                summary=summary,
+                address=ray_address or None,
+                cpus=ray_cpus,
+                gpus=ray_gpus,
+                on_result=on_result,
+                log=lambda line: click.echo(line, err=True),
+            )
+    done, skipped, failed = (summary.count(s) for s in ("done", "skipped", "failed"))
+    click.echo(
+        f"{len(jobs)} video(s): {done} done, {skipped} skipped (finished before), {failed} failed -> {summary.path}"
+    )
+    if failed:
+        for r in summary.rows.values():
+            if r.status == "failed":
+                click.echo(f"failed: {r.video}: {r.error}", err=True)
+        click.echo(f"error: {failed} of {len(jobs)} video(s) failed: see {summary.path}", err=True)
+        sys.exit(1)
 
 
 @main.command()

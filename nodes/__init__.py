@@ -6,10 +6,11 @@ from .model import CycleVOSLoadModel
 from .objects import CycleVOSFirstFrameMask, CycleVOSKeyframe, CycleVOSRefineEdges, CycleVOSSelectObject
 from .output import CycleVOSOverlay, CycleVOSSaveMasks
 from .propagation import CycleVOSConfidence, CycleVOSCycleERF, CycleVOSGradientCorrect, CycleVOSPropagate
-from .video import CycleVOSLoadVideo
+from .video import CycleVOSLoadVideo, CycleVOSLoadVideoFromFolder
 
 NODE_CLASS_MAPPINGS = {
     "CycleVOSLoadVideo": CycleVOSLoadVideo,
+    "CycleVOSLoadVideoFromFolder": CycleVOSLoadVideoFromFolder,
     "CycleVOSFirstFrameMask": CycleVOSFirstFrameMask,
     "CycleVOSKeyframe": CycleVOSKeyframe,
     "CycleVOSLoadModel": CycleVOSLoadModel,
@@ -25,6 +26,7 @@ NODE_CLASS_MAPPINGS = {
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "CycleVOSLoadVideo": "CycleVOS Load Video",
+    "CycleVOSLoadVideoFromFolder": "CycleVOS Load Video From Folder",
     "CycleVOSFirstFrameMask": "CycleVOS First Frame Mask",
     "CycleVOSKeyframe": "CycleVOS Keyframe",
     "CycleVOSLoadModel": "CycleVOS Load Model",

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..comfyui_cyclevos.errors import InputError
+from ..comfyui_cyclevos.media.frames import VIDEO_EXTENSIONS  # noqa: F401  (the nodes' import point)
 from ..comfyui_cyclevos.runtime.precision import Precision
 
 log = logging.getLogger("cyclevos")
@@ -27,9 +28,6 @@ CATEGORY = "cyclevos"
 MODEL_FOLDER = "cyclevos"  # ComfyUI's models/cyclevos/
 PACK_ROOT = Path(__file__).resolve().parent.parent
 CORE_ROOT = PACK_ROOT / "comfyui_cyclevos"
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".gif", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
-)
 CHECKPOINT_EXTENSIONS = frozenset({".pt", ".pth"})
 DEFAULT_FPS = 24.0
 

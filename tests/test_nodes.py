@@ -104,7 +104,7 @@ def _is_mask(m: torch.Tensor, b: int = B) -> None:
 def test_the_pack_loads_like_comfyui_does(tmp_path) -> None:
     """A copy under another folder name with dots (ComfyUI maps '.' to '_x_'), relative imports only."""
     assert set(PACK.NODE_CLASS_MAPPINGS) == set(PACK.NODE_DISPLAY_NAME_MAPPINGS)
-    assert len(PACK.NODE_CLASS_MAPPINGS) == 12
+    assert len(PACK.NODE_CLASS_MAPPINGS) == 13
     assert PACK.WEB_DIRECTORY == "./web"
     folder = tmp_path / "custom_nodes" / "comfyui-cyclevos.v1"
     folder.mkdir(parents=True)
@@ -161,6 +161,51 @@ def test_output_node_and_upload_widget() -> None:
 
 
 # ----------------------------------------------------------------------------- load video / first frame
+
+
+def _write_mask(path: Path, h: int = 48, w: int = 80, objects: int = 1) -> None:
+    from comfyui_cyclevos.media.writers import write_palette_png
+
+    ids = np.zeros((h, w), np.uint8)
+    for o in range(objects):
+        ids[5 + 20 * o : 15 + 20 * o, 10:30] = o + 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_palette_png(path, ids)
+
+
+def test_load_video_from_folder_walks_the_shots_with_the_queue(tmp_path, monkeypatch) -> None:
+    """Queue (N): index 0, 1, ... picks each video of the folder by name with the mask of its stem (beside
+    it, or in masks/), and Save Masks, given the shot's filename_prefix, names the output after it."""
+    monkeypatch.chdir(tmp_path)  # the input folder outside ComfyUI
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    _write_video(shots / "b.mp4", n=4)
+    _write_mask(shots / "b.png", objects=2)
+    _write_video(shots / "a.mp4", n=3)
+    _write_mask(shots / "masks" / "a.png")
+    (shots / "c.mp4").write_bytes(b"")  # no mask
+    node = M["CycleVOSLoadVideoFromFolder"]
+    assert node.INPUT_TYPES()["required"]["index"][1]["control_after_generate"] is True
+    frames, mask, name, prefix, fps, count, shot_count = node().load("shots", 0)
+    assert (name, prefix, count, shot_count) == ("a", "cyclevos/shots/a", 3, 3)
+    assert tuple(frames.shape) == (3, 48, 80, 3) and fps == pytest.approx(12.0)
+    assert tuple(mask.shape) == (1, 48, 80) and mask.dtype == torch.float32 and float(mask.sum()) == 200
+    frames, mask, name, prefix, *_ = node().load("shots", 1, max_frames=2)
+    assert (name, prefix, frames.shape[0], mask.shape[0]) == ("b", "cyclevos/shots/b", 2, 2)  # two objects
+    with pytest.raises(_errors().InputError, match="no mask for c.mp4"):
+        node().load("shots", 2)
+    with pytest.raises(_errors().InputError, match="has 3 shots"):
+        node().load("shots", 3)
+    for outside in ("..", "/etc", "shots/../.."):
+        with pytest.raises(_errors().InputError, match="outside"):
+            node().load(outside, 0)
+        assert "outside" in node.VALIDATE_INPUTS(outside)
+    assert node.VALIDATE_INPUTS("shots") is True and "not found" in node.VALIDATE_INPUTS("gone")
+    assert node.IS_CHANGED("shots", 0) != node.IS_CHANGED("shots", 1)
+    (obj, _) = M["CycleVOSFirstFrameMask"]().make(0, 0.5, False, mask=mask)
+    assert obj.object_ids == [1, 2]
+    saved = M["CycleVOSSaveMasks"]().save(prefix, True, False, 12.0, mask=mask[:1].expand(2, -1, -1))
+    assert Path(saved["result"][0]) == tmp_path / "output" / "cyclevos" / "shots" / "b_00001_"
 
 
 def _write_video(path: Path, n: int = 9, h: int = 48, w: int = 80) -> None:
@@ -577,6 +622,9 @@ def test_example_workflow_wiring(api: Path) -> None:
         values = list(ui_nodes[node_id]["widgets_values"])
         if node["class_type"] == "CycleVOSLoadVideo":
             assert values.pop() == "image"
+        for i in reversed(range(len(widget_names))):  # the UI stores an INT's control_after_generate after it
+            if inputs[widget_names[i]][1].get("control_after_generate"):
+                assert values.pop(i + 1) in ("fixed", "increment", "decrement", "randomize"), node_id
         assert len(values) == len(widget_names), node_id
         for name, value in zip(widget_names, values):
             if not isinstance(node["inputs"].get(name), list):

@@ -16,6 +16,9 @@ from ..errors import InputError
 from ..runtime.device import available_memory
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".gif", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
+)
 
 
 def _natural_key(name: str) -> tuple[Any, ...]:
