@@ -356,7 +356,7 @@ def segment(
     of its frames.
 
     Writes OUT/<frame stem>.png for every frame (a 5-digit index for a video) and exits 0 only when
-    every frame is written; until then the frames are in OUT.partial.
+    every frame is written; until then the frames are in a hidden .OUT.<pid>-<random>.partial folder.
     """
     from .media.edges import EdgeConfig
     from .media.frames import open_frames
