@@ -261,7 +261,10 @@ class CycleVOSGradientCorrect:
     FUNCTION = "correct"
     RETURN_TYPES = ("MASK",)
     RETURN_NAMES = ("mask",)
-    OUTPUT_TOOLTIPS = ("The corrected masks (B, H, W), soft values in 0..1 at the frames' size.",)
+    OUTPUT_TOOLTIPS = (
+        "The corrected masks (B, H, W) at the frames' size: 0 or 1 (the engine's hard label map), or with "
+        "soft_edges soft values near the object and 0 away from it.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -300,6 +303,14 @@ class CycleVOSGradientCorrect:
                     "MASK",
                     {"tooltip": "The reference frame's mask (default: masks[reference_frame])."},
                 ),
+                "soft_edges": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "Keep the soft values the correction gives near the object's edge (2 decoder "
+                        "cells wide); off: a clean 0/1 mask. Residue away from the object is removed either way.",
+                    },
+                ),
             },
         }
 
@@ -314,6 +325,7 @@ class CycleVOSGradientCorrect:
         gc_every=1,
         size=240,
         reference_mask=None,
+        soft_edges=False,
     ):
         from ..comfyui_cyclevos.cycle.correction import correct_sequence
 
@@ -349,6 +361,7 @@ class CycleVOSGradientCorrect:
             device=model.device,
             progress=report,
             precision=model.precision,
+            soft_edges=bool(soft_edges),
         )
         return (out.float().contiguous(),)
 

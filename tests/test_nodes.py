@@ -434,16 +434,36 @@ def test_gradient_correct_any_mask_sequence(model, frames, inference) -> None:
     masks[:, 8:30, 10:40] = 1
     masks[4] = 0  # a frame the other tool lost the object on
     with torch.inference_mode(inference):
-        (out,) = M["CycleVOSGradientCorrect"]().correct(model, frames, masks, 0, 2, 0.0, 2, 64)
+        (out,) = M["CycleVOSGradientCorrect"]().correct(model, frames, masks, 0, 2, 0.0, 2, 64, soft_edges=True)
         _is_mask(out)
         assert torch.equal(out[0], masks[0]) and torch.equal(out[1], masks[1])  # reference and skipped frames kept
-        assert not torch.equal(out[2], masks[2])
+        assert not torch.equal(out[2], masks[2])  # the mask moved (seen in its soft values)
         (out2,) = M["CycleVOSGradientCorrect"]().correct(
             model, frames, masks, 0, 1, 50.0, 1, 64, reference_mask=masks[:1]
         )
         _is_mask(out2)
     with pytest.raises(_errors().InputError, match="one mask per frame"):
         M["CycleVOSGradientCorrect"]().correct(model, frames, masks[:3], 0, 1, 0.0, 1, 64)
+
+
+def test_gradient_correct_and_propagate_give_clean_masks(model, frames, objects) -> None:
+    """Issue 30: a large rate leaves soft residue all over the frame; the MASK outputs stay 0/1 unless
+    soft_edges is asked for, and then carry nothing beyond the edge band."""
+    correction = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.cycle.correction")
+    filters = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.filters")
+    masks = torch.zeros(B, H, W)
+    masks[:, 8:30, 10:40] = 1
+    with torch.inference_mode():
+        (hard,) = M["CycleVOSGradientCorrect"]().correct(model, frames, masks, 0, 2, 1e4, 1, 64)
+        (soft,) = M["CycleVOSGradientCorrect"]().correct(model, frames, masks, 0, 2, 1e4, 1, 64, soft_edges=True)
+        mask, _ = M["CycleVOSPropagate"]().propagate(model, frames, objects, 2, 4, 64, True, 1, 2, 1e4)
+    _is_mask(hard), _is_mask(soft), _is_mask(mask)
+    assert set(hard.unique().tolist()) <= {0.0, 1.0} and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert ((soft > 0) & (soft < 1)).any()  # soft values where asked for
+    band = correction.edge_band(H, W, 64)
+    for t in range(1, B):
+        far = torch.from_numpy(~filters.dilate_disk(soft[t].numpy() > 0.5, band))
+        assert float((soft[t] * far).max()) == 0.0
 
 
 def test_correct_sequence_in_the_library_keeps_detail(model, frames) -> None:
