@@ -224,7 +224,8 @@ class CycleVOSConfidence:
     RETURN_NAMES = ("plot", "suggested_frames", "scores_csv")
     OUTPUT_TOOLTIPS = (
         "Each object's score (0 bottom, 1 top) over the frames; suggested frames in grey.",
-        "The frames to correct first (low scores, spread over the video), comma-separated.",
+        "The frames to correct first, comma-separated: only frames scored under 0.5 or clearly below the rest "
+        "(median - max(0.1, 3 robust deviations)), spread over the video; 'none needed' when there are none.",
         "frame,object,score rows.",
     )
 
@@ -233,12 +234,12 @@ class CycleVOSConfidence:
         return {
             "required": {
                 "masks": ("CYCLEVOS_MASKS", {"tooltip": "From CycleVOS Propagate with confidence on."}),
-                "count": _int(3, 1, 100, "How many frames to suggest."),
+                "count": _int(3, 1, 100, "The most frames to suggest (fewer, or none, when fewer are low)."),
             }
         }
 
     def report(self, masks, count=3):
-        from ..comfyui_cyclevos.cycle.confidence import plot_scores, suggest_keyframes
+        from ..comfyui_cyclevos.cycle.confidence import describe_suggestions, plot_scores, suggest_keyframes
 
         if not masks.scores:
             raise InputError("these masks carry no cycle scores: turn on confidence in CycleVOS Propagate")
@@ -248,7 +249,7 @@ class CycleVOSConfidence:
         rows = ["frame,object,score"] + [
             f"{t},{o},{v:.4f}" for t in sorted(masks.scores) for o, v in sorted(masks.scores[t].items())
         ]
-        return (plot, ", ".join(map(str, suggested)), "\n".join(rows))
+        return (plot, describe_suggestions(suggested), "\n".join(rows))
 
 
 class CycleVOSGradientCorrect:
