@@ -665,16 +665,36 @@ def test_refine_edges_grows_and_feathers(model, frames, objects) -> None:
 
 @pytest.mark.parametrize("key", sorted(M))
 def test_every_node_has_a_help_page(key) -> None:
-    """web/docs/<NodeKey>.md (the frontend's node help), naming every input and output, its picture present."""
+    """web/docs/<NodeKey>.md (the frontend's node help): every input under Inputs and every output under
+    Outputs as a list item "- **name**", no table (the help sidebar is ~306 px wide: a table's last column
+    is cut off), its pictures present."""
     import re
 
     page = ROOT / "web" / "docs" / f"{key}.md"
     text = page.read_text()
+    assert not [line for line in text.splitlines() if line.lstrip().startswith("|")], f"{page.name} has a table"
+    sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M))
     spec = M[key].INPUT_TYPES()
-    for name in [*spec.get("required", {}), *spec.get("optional", {}), *M[key].RETURN_NAMES]:
-        assert f"| {name}" in text, f"{page.name} lacks {name}"
+    for section, names in (
+        ("Inputs", [*spec.get("required", {}), *spec.get("optional", {})]),
+        ("Outputs", list(M[key].RETURN_NAMES)),
+    ):
+        items = re.findall(r"^- \*\*(\w+)\*\*", sections.get(section, ""), flags=re.M)
+        assert items == names, f"{page.name} {section}: {items} != {names}"
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert pictures and all((page.parent / p).is_file() for p in pictures)
+    assert all((page.parent / p).is_file() for p in pictures)
+
+
+def test_help_pages_do_not_share_pictures() -> None:
+    """Each picture shows what its own page describes (issue 30: six pages showed propagate.jpg under
+    captions of their own)."""
+    import re
+
+    used = {}
+    for page in sorted((ROOT / "web" / "docs").glob("*.md")):
+        for picture in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text()):
+            assert picture not in used, f"{page.name} reuses {picture} of {used[picture]}"
+            used[picture] = page.name
 
 
 def test_propagate_takes_comfyui_s_video(model, frames, objects, tmp_path) -> None:
