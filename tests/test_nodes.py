@@ -606,6 +606,34 @@ def test_example_workflow_wiring(api: Path) -> None:
                 assert links[inp["link"]][3] == n["id"]
 
 
+def test_every_example_has_a_thumbnail_and_fits_a_screen() -> None:
+    """Issue 30: the Templates browser shows NAME.jpg beside each example (a grey card without it) under the
+    file name as title; each example opens readable at fit view on 1920x1080 (at most ~1,900 px wide and
+    ~1,050 tall, no two nodes overlapping); the Cycle-ERF example outlines the reference object."""
+    from PIL import Image
+
+    examples = sorted((ROOT / "example_workflows").glob("*.json"))
+    assert len(examples) >= 6
+    for f in examples:
+        assert not f.stem.startswith("cyclevos_"), f"{f.name}: a title people read, not a raw file name"
+        thumb = f.with_suffix(".jpg")
+        assert thumb.is_file(), f"{thumb.name} is missing"
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and im.width <= 512 and thumb.stat().st_size < 100_000, thumb.name
+        ui = json.loads(f.read_text())
+        boxes = [
+            (n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]) for n in ui["nodes"]
+        ]
+        width = max(b[2] for b in boxes) - min(b[0] for b in boxes)
+        height = max(b[3] for b in boxes) - min(b[1] for b in boxes)
+        assert width <= 1900 and height <= 1050, (f.name, width, height)
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (f.name, a, b)
+    erf = json.loads((ROOT / "example_workflows" / "api" / "Cycle-ERF heat map.api.json").read_text())
+    assert any(n["class_type"] == "CycleVOSCycleERF" and "reference_mask" in n["inputs"] for n in erf.values())
+
+
 def test_confidence_node_reads_the_scores_of_propagate(model, frames, objects) -> None:
     _, masks = M["CycleVOSPropagate"]().propagate(model, frames, objects, 5, 16, 64, True, 2, 1, 0.0)
     assert sorted(masks.scores) == [2, 4]  # the correction schedule, from the drawn frame 0
