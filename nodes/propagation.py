@@ -326,7 +326,7 @@ class CycleVOSGradientCorrect:
         gc_every=1,
         size=240,
         reference_mask=None,
-        soft_edges=False,
+        soft_edges=None,  # off unless turned on
     ):
         from ..comfyui_cyclevos.cycle.correction import correct_sequence
 
