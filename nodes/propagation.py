@@ -253,7 +253,8 @@ class CycleVOSConfidence:
     RETURN_NAMES = ("plot", "suggested_frames", "scores_csv")
     OUTPUT_TOOLTIPS = (
         "Each object's score (0 bottom, 1 top) over the frames; suggested frames in grey.",
-        "The frames to correct first (low scores, spread over the video), comma-separated.",
+        "The frames to correct first, comma-separated: only frames scored under 0.5 or clearly below the rest "
+        "(median - max(0.1, 3 robust deviations)), spread over the video; 'none needed' when there are none.",
         "frame,object,score rows.",
     )
 
@@ -262,12 +263,12 @@ class CycleVOSConfidence:
         return {
             "required": {
                 "masks": ("CYCLEVOS_MASKS", {"tooltip": "From CycleVOS Propagate with confidence on."}),
-                "count": _int(3, 1, 100, "How many frames to suggest."),
+                "count": _int(3, 1, 100, "The most frames to suggest (fewer, or none, when fewer are low)."),
             }
         }
 
     def report(self, masks, count=3):
-        from ..comfyui_cyclevos.cycle.confidence import plot_scores, suggest_keyframes
+        from ..comfyui_cyclevos.cycle.confidence import describe_suggestions, plot_scores, suggest_keyframes
 
         if not masks.scores:
             raise InputError("these masks carry no cycle scores: turn on confidence in CycleVOS Propagate")
@@ -277,7 +278,7 @@ class CycleVOSConfidence:
         rows = ["frame,object,score"] + [
             f"{t},{o},{v:.4f}" for t in sorted(masks.scores) for o, v in sorted(masks.scores[t].items())
         ]
-        return (plot, ", ".join(map(str, suggested)), "\n".join(rows))
+        return (plot, describe_suggestions(suggested), "\n".join(rows))
 
 
 class CycleVOSGradientCorrect:
@@ -290,7 +291,10 @@ class CycleVOSGradientCorrect:
     FUNCTION = "correct"
     RETURN_TYPES = ("MASK",)
     RETURN_NAMES = ("mask",)
-    OUTPUT_TOOLTIPS = ("The corrected masks (B, H, W), soft values in 0..1 at the frames' size.",)
+    OUTPUT_TOOLTIPS = (
+        "The corrected masks (B, H, W) at the frames' size: 0 or 1 (the engine's hard label map), or with "
+        "soft_edges soft values near the object and 0 away from it.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -329,6 +333,14 @@ class CycleVOSGradientCorrect:
                     "MASK",
                     {"tooltip": "The reference frame's mask (default: masks[reference_frame])."},
                 ),
+                "soft_edges": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "Keep the soft values the correction gives near the object's edge (2 decoder "
+                        "cells wide); off: a clean 0/1 mask. Residue away from the object is removed either way.",
+                    },
+                ),
             },
         }
 
@@ -343,6 +355,7 @@ class CycleVOSGradientCorrect:
         gc_every=1,
         size=240,
         reference_mask=None,
+        soft_edges=None,  # off unless turned on
     ):
         from ..comfyui_cyclevos.cycle.correction import correct_sequence
 
@@ -378,6 +391,7 @@ class CycleVOSGradientCorrect:
             device=model.device,
             progress=report,
             precision=model.precision,
+            soft_edges=bool(soft_edges),
         )
         return (out.float().contiguous(),)
 

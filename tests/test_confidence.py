@@ -10,7 +10,14 @@ from PIL import Image
 
 from comfyui_cyclevos.cli import main
 from comfyui_cyclevos.config import ConfidenceConfig, CorrectionConfig, InferenceConfig
-from comfyui_cyclevos.cycle.confidence import plot_scores, reference_iou, suggest_keyframes
+from comfyui_cyclevos.cycle.confidence import (
+    NONE_NEEDED,
+    describe_suggestions,
+    low_score_limit,
+    plot_scores,
+    reference_iou,
+    suggest_keyframes,
+)
 from comfyui_cyclevos.demo import demo_clip
 from comfyui_cyclevos.inference.engine import InferenceCore
 from comfyui_cyclevos.media.frames import open_frames
@@ -61,11 +68,35 @@ def test_suggested_keyframes_are_low_and_spread():
     assert suggest_keyframes({}, count=3) == []
 
 
+def test_no_keyframe_is_suggested_when_every_score_is_high():
+    """Issue 30: the demo clip's scores all lie in 0.92-0.96, and 5, 35 and 45 were still suggested."""
+    rng = np.random.default_rng(0)
+    scores = {t: {1: float(v)} for t, v in zip(range(5, 60, 5), rng.uniform(0.92, 0.96, 11))}
+    scores[5], scores[35], scores[45] = {1: 0.92}, {1: 0.921}, {1: 0.925}  # the lowest of the high ones
+    assert suggest_keyframes(scores, count=3, frames=60) == []
+    assert describe_suggestions([]) == NONE_NEEDED == "none needed"
+    assert low_score_limit(min(s.values()) for s in scores.values()) < 0.92
+
+
+def test_the_frame_with_a_drop_is_the_one_suggested():
+    rng = np.random.default_rng(1)
+    scores = {t: {1: float(v), 2: 0.95} for t, v in zip(range(5, 60, 5), rng.uniform(0.92, 0.96, 11))}
+    scores[30] = {1: 0.95, 2: 0.78}  # one object drifted on one frame: clearly below the rest, not below 0.5
+    assert suggest_keyframes(scores, count=3, frames=60) == [30]
+    assert describe_suggestions([30, 45]) == "30, 45"
+    low = {t: {1: 0.3 + 0.01 * (t % 3)} for t in range(0, 60, 5)}  # all poor: low in absolute terms
+    assert len(suggest_keyframes(low, count=3, frames=60)) == 3
+
+
 def test_plot_draws_each_object():
     img = plot_scores({0: {1: 1.0, 2: 0.0}, 10: {1: 0.5, 2: 0.2}}, [10], 11)
     assert img.shape == (240, 640, 3) and img.dtype == np.uint8
     colours = {tuple(c) for c in img.reshape(-1, 3)}
     assert (228, 26, 28) in colours and (55, 126, 184) in colours and (200, 200, 200) in colours
+    none = plot_scores({0: {1: 0.95}, 10: {1: 0.94}}, [], 11)
+    some = plot_scores({0: {1: 0.95}, 10: {1: 0.94}}, [10], 11)
+    caption = (slice(0, 13), slice(30, 250))  # "keyframes: none needed" / "suggested: 10", top left
+    assert (none[caption] < 100).any() and not np.array_equal(none[caption], some[caption])
 
 
 def test_report_csv_plot_and_summary(clip_folder, random_checkpoint, tmp_path):

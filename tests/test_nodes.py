@@ -481,16 +481,36 @@ def test_gradient_correct_any_mask_sequence(model, frames, inference) -> None:
     masks[:, 8:30, 10:40] = 1
     masks[4] = 0  # a frame the other tool lost the object on
     with torch.inference_mode(inference):
-        (out,) = M["CycleVOSGradientCorrect"]().correct(model, frames, masks, 0, 2, 0.0, 2, 64)
+        (out,) = M["CycleVOSGradientCorrect"]().correct(model, frames, masks, 0, 2, 0.0, 2, 64, soft_edges=True)
         _is_mask(out)
         assert torch.equal(out[0], masks[0]) and torch.equal(out[1], masks[1])  # reference and skipped frames kept
-        assert not torch.equal(out[2], masks[2])
+        assert not torch.equal(out[2], masks[2])  # the mask moved (seen in its soft values)
         (out2,) = M["CycleVOSGradientCorrect"]().correct(
             model, frames, masks, 0, 1, 50.0, 1, 64, reference_mask=masks[:1]
         )
         _is_mask(out2)
     with pytest.raises(_errors().InputError, match="one mask per frame"):
         M["CycleVOSGradientCorrect"]().correct(model, frames, masks[:3], 0, 1, 0.0, 1, 64)
+
+
+def test_gradient_correct_and_propagate_give_clean_masks(model, frames, objects) -> None:
+    """Issue 30: a large rate leaves soft residue all over the frame; the MASK outputs stay 0/1 unless
+    soft_edges is asked for, and then carry nothing beyond the edge band."""
+    correction = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.cycle.correction")
+    filters = importlib.import_module(PACK.__name__ + ".comfyui_cyclevos.filters")
+    masks = torch.zeros(B, H, W)
+    masks[:, 8:30, 10:40] = 1
+    with torch.inference_mode():
+        (hard,) = M["CycleVOSGradientCorrect"]().correct(model, frames, masks, 0, 2, 1e4, 1, 64)
+        (soft,) = M["CycleVOSGradientCorrect"]().correct(model, frames, masks, 0, 2, 1e4, 1, 64, soft_edges=True)
+        mask, _ = M["CycleVOSPropagate"]().propagate(model, frames, objects, 2, 4, 64, True, 1, 2, 1e4)
+    _is_mask(hard), _is_mask(soft), _is_mask(mask)
+    assert set(hard.unique().tolist()) <= {0.0, 1.0} and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert ((soft > 0) & (soft < 1)).any()  # soft values where asked for
+    band = correction.edge_band(H, W, 64)
+    for t in range(1, B):
+        far = torch.from_numpy(~filters.dilate_disk(soft[t].numpy() > 0.5, band))
+        assert float((soft[t] * far).max()) == 0.0
 
 
 def test_correct_sequence_in_the_library_keeps_detail(model, frames) -> None:
@@ -636,6 +656,34 @@ def test_example_workflow_wiring(api: Path) -> None:
                 assert links[inp["link"]][3] == n["id"]
 
 
+def test_every_example_has_a_thumbnail_and_fits_a_screen() -> None:
+    """Issue 30: the Templates browser shows NAME.jpg beside each example (a grey card without it) under the
+    file name as title; each example opens readable at fit view on 1920x1080 (at most ~1,900 px wide and
+    ~1,050 tall, no two nodes overlapping); the Cycle-ERF example outlines the reference object."""
+    from PIL import Image
+
+    examples = sorted((ROOT / "example_workflows").glob("*.json"))
+    assert len(examples) >= 6
+    for f in examples:
+        assert not f.stem.startswith("cyclevos_"), f"{f.name}: a title people read, not a raw file name"
+        thumb = f.with_suffix(".jpg")
+        assert thumb.is_file(), f"{thumb.name} is missing"
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and im.width <= 512 and thumb.stat().st_size < 100_000, thumb.name
+        ui = json.loads(f.read_text())
+        boxes = [
+            (n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]) for n in ui["nodes"]
+        ]
+        width = max(b[2] for b in boxes) - min(b[0] for b in boxes)
+        height = max(b[3] for b in boxes) - min(b[1] for b in boxes)
+        assert width <= 1900 and height <= 1050, (f.name, width, height)
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (f.name, a, b)
+    erf = json.loads((ROOT / "example_workflows" / "api" / "Cycle-ERF heat map.api.json").read_text())
+    assert any(n["class_type"] == "CycleVOSCycleERF" and "reference_mask" in n["inputs"] for n in erf.values())
+
+
 def test_confidence_node_reads_the_scores_of_propagate(model, frames, objects) -> None:
     _, masks = M["CycleVOSPropagate"]().propagate(model, frames, objects, 5, 16, 64, True, 2, 1, 0.0)
     assert sorted(masks.scores) == [2, 4]  # the correction schedule, from the drawn frame 0
@@ -647,7 +695,16 @@ def test_confidence_node_reads_the_scores_of_propagate(model, frames, objects) -
         and 0 <= float(plot.min()) <= float(plot.max()) <= 1
     )
     worst = min(masks.scores, key=lambda t: min(masks.scores[t].values()))
-    assert suggested == str(worst)
+    assert suggested in (str(worst), "none needed")
+    # issue 30: high scores everywhere -> none needed; one clear drop -> that frame
+    common = importlib.import_module(PACK.__name__ + ".nodes.common")
+    high = {t: {1: 0.93 + 0.01 * (t % 3), 2: 0.95} for t in range(B)}
+    _, none, _ = M["CycleVOSConfidence"]().report(common.ObjectMasks(masks.ids, [1, 2], high), 3)
+    assert none == "none needed"
+    _, drop, _ = M["CycleVOSConfidence"]().report(
+        common.ObjectMasks(masks.ids, [1, 2], {**high, 4: {1: 0.7, 2: 0.95}}), 3
+    )
+    assert drop == "4"
     lines = rows.splitlines()
     assert lines[0] == "frame,object,score" and len(lines) == 1 + 2 * 2
     _, quiet = M["CycleVOSPropagate"]().propagate(model, frames, objects, 5, 16, 64, True, 2, 1, 0.0, confidence=False)
@@ -686,16 +743,36 @@ def test_refine_edges_grows_and_feathers(model, frames, objects) -> None:
 
 @pytest.mark.parametrize("key", sorted(M))
 def test_every_node_has_a_help_page(key) -> None:
-    """web/docs/<NodeKey>.md (the frontend's node help), naming every input and output, its picture present."""
+    """web/docs/<NodeKey>.md (the frontend's node help): every input under Inputs and every output under
+    Outputs as a list item "- **name**", no table (the help sidebar is ~306 px wide: a table's last column
+    is cut off), its pictures present."""
     import re
 
     page = ROOT / "web" / "docs" / f"{key}.md"
     text = page.read_text()
+    assert not [line for line in text.splitlines() if line.lstrip().startswith("|")], f"{page.name} has a table"
+    sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M))
     spec = M[key].INPUT_TYPES()
-    for name in [*spec.get("required", {}), *spec.get("optional", {}), *M[key].RETURN_NAMES]:
-        assert f"| {name}" in text, f"{page.name} lacks {name}"
+    for section, names in (
+        ("Inputs", [*spec.get("required", {}), *spec.get("optional", {})]),
+        ("Outputs", list(M[key].RETURN_NAMES)),
+    ):
+        items = re.findall(r"^- \*\*(\w+)\*\*", sections.get(section, ""), flags=re.M)
+        assert items == names, f"{page.name} {section}: {items} != {names}"
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert pictures and all((page.parent / p).is_file() for p in pictures)
+    assert all((page.parent / p).is_file() for p in pictures)
+
+
+def test_help_pages_do_not_share_pictures() -> None:
+    """Each picture shows what its own page describes (issue 30: six pages showed propagate.jpg under
+    captions of their own)."""
+    import re
+
+    used = {}
+    for page in sorted((ROOT / "web" / "docs").glob("*.md")):
+        for picture in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text()):
+            assert picture not in used, f"{page.name} reuses {picture} of {used[picture]}"
+            used[picture] = page.name
 
 
 def test_propagate_takes_comfyui_s_video(model, frames, objects, tmp_path) -> None:

@@ -6,7 +6,7 @@ is the score. A mask that explains the reference is likely right; one that does 
 Two references are used: each object's own latest precise mask (far in time: catches drift, but a large
 change of view lowers it) and the latest memorised frame with its written mask (near: robust to view
 changes, blind to slow drift); ``both`` averages them. ``suggest_keyframes`` turns the scores into the
-frames an artist should fix first.
+frames an artist should fix first, and into none when no frame is low (``low_score_limit``).
 """
 
 from __future__ import annotations
@@ -46,21 +46,58 @@ def reference_iou(
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).cpu()
 
 
-def suggest_keyframes(scores: dict[int, dict[int, float]], count: int = 3, frames: int | None = None) -> list[int]:
-    """The frames to correct first: lowest worst-object score, at least ``frames / (2 count)`` apart so
-    that the suggestions spread over the video. ``scores`` maps frame index -> {object id: score}."""
-    scored = sorted((min(s.values()), t) for t, s in scores.items() if s)
-    if not scored:
+SUGGEST_FLOOR = 0.5  # a worst-object score below this is low in absolute terms (the reference is half missed)
+SUGGEST_DROP = 0.1  # ... or this far below the clip's median at least,
+SUGGEST_MADS = 3.0  # ... and this many robust standard deviations (1.4826 MAD) below it
+NONE_NEEDED = "none needed"
+
+
+def low_score_limit(values, *, floor: float = SUGGEST_FLOOR, drop: float = SUGGEST_DROP, mads: float = SUGGEST_MADS):
+    """The score under which a frame is suggested, from the worst-object scores of the scored frames:
+    ``max(floor, median - max(drop, mads * 1.4826 * MAD))``. A frame is low when it is low in absolute terms
+    (under ``floor``) or clearly below the rest: an outlier by the median and the median absolute deviation
+    (robust to the few low frames themselves), and at least ``drop`` below the median, so that a clip whose
+    scores all lie close together (0.92-0.96 on the demo) has no outlier worth an artist's time."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if v.size == 0:
+        return floor
+    median = float(np.median(v))
+    mad = float(np.median(np.abs(v - median)))
+    return max(floor, median - max(drop, mads * 1.4826 * mad))
+
+
+def suggest_keyframes(
+    scores: dict[int, dict[int, float]],
+    count: int = 3,
+    frames: int | None = None,
+    *,
+    floor: float = SUGGEST_FLOOR,
+    drop: float = SUGGEST_DROP,
+    mads: float = SUGGEST_MADS,
+) -> list[int]:
+    """The frames to correct first, at most ``count`` of them, possibly none: the frames whose worst-object
+    score is under ``low_score_limit`` (low in absolute terms or clearly below the rest), lowest first, at
+    least ``frames / (2 count)`` apart so that the suggestions spread over the video. An empty list means no
+    keyframe is needed (``NONE_NEEDED``). ``scores`` maps frame index -> {object id: score}."""
+    worst = {t: min(s.values()) for t, s in scores.items() if s}
+    limit = low_score_limit(worst.values(), floor=floor, drop=drop, mads=mads)
+    low = sorted((v, t) for t, v in worst.items() if v < limit)
+    if not low or count < 1:
         return []
     span = frames or (max(scores) + 1)
-    gap = max(1, span // (2 * max(1, count)))
+    gap = max(1, span // (2 * count))
     chosen: list[int] = []
-    for _, t in scored:
+    for _, t in low:
         if all(abs(t - c) >= gap for c in chosen):
             chosen.append(t)
         if len(chosen) == count:
             break
     return sorted(chosen)
+
+
+def describe_suggestions(suggested: list[int]) -> str:
+    """The suggested frames as text: comma-separated indices, or ``NONE_NEEDED``."""
+    return ", ".join(map(str, suggested)) if suggested else NONE_NEEDED
 
 
 def write_report(
@@ -93,12 +130,13 @@ def plot_scores(
     scores: dict[int, dict[int, float]], suggested: list[int], frames: int, size: tuple[int, int] = (240, 640)
 ) -> np.ndarray:
     """(H, W, 3) uint8: each object's score (0 bottom, 1 top) over the frames, suggested frames as grey
-    bars, grid lines at 0.25, 0.5, 0.75, score and frame labels, a legend of object ids. Drawn with numpy
-    and PIL only (no plotting dependency)."""
+    bars, grid lines at 0.25, 0.5, 0.75, score and frame labels, a legend of object ids, and a caption at the
+    top left: "suggested: 5, 35" or "keyframes: none needed". Drawn with numpy and PIL only (no plotting
+    dependency)."""
     from PIL import Image, ImageDraw
 
     H, W = size
-    left, right, top, bottom = 30, 8, 8, 18
+    left, right, top, bottom = 30, 8, 14, 18
     img = np.full((H, W, 3), 255, np.uint8)
 
     def x_of(t):
@@ -130,6 +168,8 @@ def plot_scores(
         d.text((2, y_of(s) - 5), f"{s:.1f}", fill=grey)
     for t in sorted({0, frames - 1, *suggested}):
         d.text((x_of(t) - 3 * len(str(t)), H - bottom + 4), str(t), fill=grey)
+    caption = "keyframes: " + NONE_NEEDED if not suggested else "suggested: " + describe_suggestions(suggested)
+    d.text((left + 4, 1), caption, fill=(40, 40, 40))
     for k, obj in enumerate(objects[:8]):
         d.text((W - right - 40 * (min(len(objects), 8) - k), 2), f"id {obj}", fill=PLOT_COLOURS[k % len(PLOT_COLOURS)])
     return np.array(pil)

@@ -25,7 +25,11 @@ and backward, under the run's precision policy (the masks and their gradient sta
 inference network's weights are frozen (``CycleVOSNet.for_inference``), so no graph is built for them.
 
 ``correct_sequence`` applies the same update after the fact to any mask sequence (this engine's or another
-tool's), frame by frame against one reference frame and its mask.
+tool's), frame by frame against one reference frame and its mask, and hands back clean masks
+(``clean_masks``): the gradient of Eq. 5 reaches every pixel the read attends to, so a step leaves soft
+residue in the background (values up to ~0.5 far from the object on the demo clip). The engine never
+memorises that residue (it keeps the hard label map); a MASK that feeds inpainting or compositing must not
+carry it either.
 
 It works inside ``torch.inference_mode()`` (ComfyUI runs every node there): it switches inference mode
 off locally and clones any inference tensor it receives.
@@ -33,14 +37,17 @@ off locally and clones any inference tensor it receives.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..config import CorrectionConfig
 from ..errors import InputError
+from ..filters import dilate_disk
 from ..model.decoder import Decoder
 from ..model.features import FrameFeatures
 from ..model.geometry import Geometry
@@ -50,6 +57,7 @@ from ..runtime.precision import Precision
 
 REFERENCE_AREA = 240 * 432  # processing pixels at which alpha is defined (a 16:9 frame at size 240)
 REFERENCE_STEPS = 10  # steps N at which alpha is defined (the paper's)
+EDGE_BAND_CELLS = 2  # soft edges: kept within this many decoder cells (4 processing pixels each) of the object
 
 
 def plain(t):
@@ -173,6 +181,43 @@ def gradient_correct(
     return masks
 
 
+def hard_labels(masks: torch.Tensor) -> torch.Tensor:
+    """Soft masks (..., O, H, W) -> the engine's label rule as one-hot float masks of the same shape: each
+    pixel goes to the most likely of background and objects (``normalize_objects``); for one object, the
+    pixels above 0.5 (0.5 itself is background)."""
+    probs = normalize_objects(masks.float().reshape(-1, *masks.shape[-3:]))
+    label = probs.argmax(1, keepdim=True)  # 0 = background
+    ids = torch.arange(1, masks.shape[-3] + 1, device=masks.device).view(1, -1, 1, 1)
+    return (label == ids).float().reshape(masks.shape)
+
+
+def edge_band(H: int, W: int, size: int) -> int:
+    """Pixels, at an (H, W) frame processed at short side ``size``, within which ``clean_masks`` keeps soft
+    values around the object: ``EDGE_BAND_CELLS`` cells of the decoder's 1/4 grid, where correction acts."""
+    return max(1, math.ceil(EDGE_BAND_CELLS * Decoder.STRIDE * min(H, W) / size))
+
+
+def clean_masks(masks: torch.Tensor, *, soft_edges: bool = False, band: int = 8) -> torch.Tensor:
+    """Masks (T, H, W) of one object or (T, O, H, W) after correction -> masks without the background
+    residue that the correction leaves (see the module doc).
+
+    The rule is the engine's own: a pixel belongs to an object where the hard label map (``hard_labels``,
+    the map the engine memorises) gives it to that object. By default the result IS that map, 0 or 1 per
+    object (feathering is Refine Edges' job). With ``soft_edges`` each object keeps its soft values inside
+    its hard mask dilated by a disk of ``band`` pixels (the edge the correction moved) and is 0 beyond it,
+    so that a residue far from the object never reaches the output either way.
+    """
+    single = masks.ndim == 3
+    m = (masks[:, None] if single else masks).float().clamp(0, 1)
+    hard = hard_labels(m)
+    if soft_edges:
+        near = np.stack([np.stack([dilate_disk(h > 0.5, band) for h in frame]) for frame in hard.cpu().numpy()])
+        out = m * torch.from_numpy(near).to(m.device)
+    else:
+        out = hard
+    return out[:, 0] if single else out
+
+
 def correct_sequence(
     net: CycleVOSNet,
     frames,
@@ -188,6 +233,7 @@ def correct_sequence(
     device: torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
     precision: Precision | None = None,
+    soft_edges: bool = False,
 ) -> torch.Tensor:
     """Eq. 5 applied after the fact to ANY mask sequence (this engine's, SAM 2's, hand-drawn...).
 
@@ -197,8 +243,9 @@ def correct_sequence(
     (no memory is carried between frames) against the reference frame and its mask (``reference_mask``,
     (H, W) or (O, H, W); default ``masks[reference_index]``). The correction is computed at a short
     side of ``size`` and added to the mask at its own size as a difference, so edges and details are
-    kept wherever the gradient does not act. Returns (T, H, W) or (T, O, H, W) float32 in 0..1 on the CPU;
-    frames not corrected are returned unchanged.
+    kept wherever the gradient does not act. Returns (T, H, W) or (T, O, H, W) float32 in 0..1 on the CPU,
+    every frame passed through ``clean_masks``: the hard label map by default, with ``soft_edges`` the soft
+    values within ``edge_band`` pixels of each object (so frames not corrected keep binary masks as they are).
 
     ``progress(done, total)`` is called before each frame (done = frames finished so far) and may raise
     to stop the run. Works inside ``torch.inference_mode()``.
@@ -254,4 +301,5 @@ def correct_sequence(
         out[t] = (out[t] + delta).clamp_(0, 1)
     if progress is not None:
         progress(len(todo), len(todo))
+    out = clean_masks(out, soft_edges=soft_edges, band=edge_band(H, W, size))
     return out[:, 0] if single else out
