@@ -20,7 +20,10 @@ def to_frame_tensor(frame) -> torch.Tensor:
     Anything else is refused before it reaches the network (where a NaN would spread into memory and lose
     the objects for the rest of the video): NaN or infinite values, floats outside 0..1 (e.g. 0..255), and
     other integer types (e.g. uint16)."""
-    t = torch.from_numpy(np.ascontiguousarray(frame)) if isinstance(frame, np.ndarray) else frame
+    if isinstance(frame, np.ndarray):
+        frame = np.ascontiguousarray(frame)
+        frame = frame if frame.flags.writeable else frame.copy()  # decoders give read-only arrays
+    t = torch.from_numpy(frame) if isinstance(frame, np.ndarray) else frame
     if not isinstance(t, torch.Tensor):
         raise InputError(f"a frame must be an (H, W, 3) array or tensor, got {type(frame).__name__}")
     if t.ndim != 3 or t.shape[2] != 3:
