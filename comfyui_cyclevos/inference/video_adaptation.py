@@ -2,9 +2,9 @@
 drift guard (``cycle.drift_guard``) finds that it follows the same objects as the original network, or
 follows them more steadily.
 
-The guard pass propagates the video with both networks side by side, with gradient correction off: the
-guard asks whether the two follow the same objects, which the correction of a mask does not change, and
-without it the pass costs two plain propagations. Frames are streamed: ``frames()`` gives a new iterator
+The guard pass propagates the video with both networks side by side, with the config they are used with
+(gradient correction included): the guard's thresholds were set on those tracks. With correction off the
+original drifts further on some videos (dance-twirl on dev), and the guard then threw away a good adaptation. Frames are streamed: ``frames()`` gives a new iterator
 over ``(index, frame)`` each time it is called (a ``FrameSource`` or a batch in memory can be read again).
 """
 
@@ -75,8 +75,8 @@ def guard_decision(
     precision: Precision | None = None,
     removals: dict[int, list[int]] | None = None,
 ) -> GuardDecision:
-    """Propagate the video with ``net`` and ``adapted`` side by side (correction off) and decide."""
-    plain = replace(config, correction=replace(config.correction, enabled=False))
+    """Propagate the video with ``net`` and ``adapted`` side by side (scores off) and decide."""
+    plain = replace(config, confidence=replace(config.confidence, enabled=False))
     ids = sorted({int(i) for m in keyframes.values() for i in np.unique(m) if i != 0})
     guard = DriftGuard(ids, config.adapt.guard)
     runs = [
