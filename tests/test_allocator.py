@@ -61,7 +61,7 @@ def test_keep_freed_memory_changes_nothing_off_linux(monkeypatch):
 
 def test_the_cli_keeps_freed_memory_for_its_own_process(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(cli.app, "keep_freed_memory", lambda: calls.append(1) or True)
     r = CliRunner().invoke(
         cli.main,
         ["segment", str(tmp_path / "missing"), "--mask", str(tmp_path / "m.png"), "--out", str(tmp_path / "o")],

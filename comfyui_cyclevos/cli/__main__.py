@@ -1,0 +1,5 @@
+"""``python -m comfyui_cyclevos.cli``."""
+
+from .app import main
+
+main()
