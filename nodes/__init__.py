@@ -2,10 +2,11 @@
 the library ``comfyui_cyclevos`` and back, one module per concern. IMAGE is (B, H, W, 3) float32 in 0..1 on
 the CPU and MASK (B, H, W) float32."""
 
+from .cycle import CycleVOSConfidence, CycleVOSCycleERF, CycleVOSGradientCorrect
 from .model import CycleVOSLoadModel
 from .objects import CycleVOSFirstFrameMask, CycleVOSKeyframe, CycleVOSRefineEdges, CycleVOSSelectObject
 from .output import CycleVOSOverlay, CycleVOSSaveMasks
-from .propagation import CycleVOSConfidence, CycleVOSCycleERF, CycleVOSGradientCorrect, CycleVOSPropagate
+from .propagation import CycleVOSPropagate
 from .video import CycleVOSLoadVideo, CycleVOSLoadVideoFromFolder
 
 NODE_CLASS_MAPPINGS = {
