@@ -157,7 +157,20 @@ def test_interrupted_run_leaves_no_complete_looking_output(clip_folder, random_c
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(propagate.InferenceCore, "step", step)
-    r = run("segment", frames, "--mask", mask, "--out", tmp_path / "o", "--weights", random_checkpoint, "--size", 64)
+    r = run(
+        "segment",
+        frames,
+        "--mask",
+        mask,
+        "--out",
+        tmp_path / "o",
+        "--weights",
+        random_checkpoint,
+        "--size",
+        64,
+        "--adapt",
+        0,
+    )
     assert r.exit_code == 130
     assert not (tmp_path / "o").exists()
     (partial,) = tmp_path.glob(".o.*.partial")

@@ -100,7 +100,9 @@ def test_disk_full_mid_run_keeps_the_earlier_output_and_exits_2(clip, random_che
 
     monkeypatch.setattr(Image.Image, "save", save)
     r = CliRunner().invoke(main, cli(frames, mask, out, random_checkpoint, "--no-gc", "--overlay", tmp_path / "ov.mp4"))
-    lines = [ln for ln in r.output.splitlines() if ln.strip() and not ln.startswith("segmenting")]  # progress label
+    lines = [
+        ln for ln in r.output.splitlines() if ln.strip() and not ln.startswith(("segmenting", "adapting"))
+    ]  # progress labels
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output
     assert "No space left" in r.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier  # the earlier result, untouched

@@ -380,11 +380,11 @@ def test_propagate_shows_an_animated_overlay_in_the_node_and_on_the_progress_bar
             previews.append(preview)
 
     args = (model, frames, objects, 5, 16, 64, False, 5, 10, 0.0)
-    plain = M["CycleVOSPropagate"]().propagate(*args)  # outside ComfyUI: the outputs alone
+    plain = M["CycleVOSPropagate"]().propagate(*args, adapt_steps=0)  # outside ComfyUI: the outputs alone
     _fake_folder_paths(monkeypatch, tmp_path)
     with _fake_comfy(Bar):
-        out = M["CycleVOSPropagate"]().propagate(*args)
-        assert isinstance(M["CycleVOSPropagate"]().propagate(*args, preview=False), tuple)
+        out = M["CycleVOSPropagate"]().propagate(*args, adapt_steps=0)
+        assert isinstance(M["CycleVOSPropagate"]().propagate(*args, preview=False, adapt_steps=0), tuple)
     assert torch.equal(out["result"][1].ids, plain[1].ids)
     (shown,) = out["ui"]["images"]
     assert out["ui"]["animated"] == (True,) and shown["type"] == "temp"

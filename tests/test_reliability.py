@@ -23,7 +23,9 @@ def run(*args):
 def one_line_error(r) -> str:
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip() and not ln.startswith("segmenting")]  # progress label
+    lines = [
+        ln for ln in r.output.splitlines() if ln.strip() and not ln.startswith(("segmenting", "adapting"))
+    ]  # progress labels
     assert len(lines) == 1 and lines[0].startswith("error: "), r.output
     return lines[0]
 
