@@ -12,6 +12,8 @@ from comfyui_cyclevos.cli import main
 from comfyui_cyclevos.config import AdaptConfig, GuardConfig, InferenceConfig
 from comfyui_cyclevos.cycle.adaptation import _EncoderCache, _prepare, adapt, cycle_loss, sample_clips
 from comfyui_cyclevos.cycle.drift_guard import DriftGuard
+from comfyui_cyclevos.errors import InputError
+from comfyui_cyclevos.inference.video_adaptation import network_for_video
 from comfyui_cyclevos.model.network import CycleVOSNet
 from comfyui_cyclevos.runner import segment_frames
 
@@ -147,3 +149,16 @@ def test_segment_adapts_and_records_it(clip_folder, random_checkpoint, tmp_path)
     r = CliRunner().invoke(main, [*args, "--size", "64", "--adapt", "0"])
     assert r.exit_code == 0, r.output
     assert "adaptation" not in json.loads((out / "cyclevos.json").read_text())
+
+
+def test_a_nan_frame_is_refused_before_adaptation_trains_on_it(net):
+    frames, labels = moving_square_clip(n=6)
+    floats = torch.from_numpy(frames).float() / 255
+    floats[3, 10:20, 10:20] = float("nan")
+    steps = []
+    config = InferenceConfig(size=SIZE, precision="fp32", adapt=AdaptConfig(steps=3))
+    with pytest.raises(InputError, match="NaN"):
+        network_for_video(
+            net, lambda: enumerate(floats), {0: labels[0]}, config=config, progress=lambda s, n: steps.append(s)
+        )
+    assert steps == []  # refused while the frames are read, before any step

@@ -20,6 +20,7 @@ import torch
 from ..config import InferenceConfig
 from ..cycle.adaptation import AdaptResult, adapt
 from ..cycle.drift_guard import DriftGuard, GuardDecision
+from ..model.geometry import to_frame_tensor
 from ..model.network import CycleVOSNet
 from ..runtime.precision import Precision
 from .engine import InferenceCore, propagate_both_ways
@@ -58,10 +59,12 @@ class VideoAdaptation:
 
 
 def _to_uint8(frame) -> np.ndarray:
+    """A frame as (H, W, 3) uint8, checked as at the engine's door (``to_frame_tensor``): adaptation runs
+    before the engine sees a frame, and must not train on a NaN or out-of-range one."""
     if isinstance(frame, np.ndarray) and frame.dtype == np.uint8:
         return frame
-    a = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame, np.float32)
-    return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+    t = to_frame_tensor(frame)[0].permute(1, 2, 0)  # (H, W, 3) float in 0..1
+    return (t * 255 + 0.5).to(torch.uint8).numpy()
 
 
 def guard_decision(
