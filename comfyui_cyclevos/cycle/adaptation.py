@@ -106,10 +106,7 @@ class _EncoderCache:
             f16 = x
         else:
             f8, f16 = torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
-        net = self.net
-        image_part = net.mask_encoder.image_part(f4, f8, f16) if hasattr(net, "mask_encoder") else None
-        decoder_part = net.decoder.frame_part(net.value_q(f16), f8, f4)
-        return FrameFeatures(net.key_q(f16), f16, f8, f4, decoder_part, image_part)
+        return self.net.features_of(f4, f8, f16)
 
 
 def _prepare(frames: Iterable, keyframes: Mapping[int, np.ndarray], *, size: int, device: torch.device):

@@ -94,7 +94,11 @@ class CycleVOSNet(nn.Module):
     def encode_frame(self, frame: torch.Tensor) -> FrameFeatures:
         """Query encoder: frame (B, 3, H, W) -> key and value at 1/16, skips at 1/8 and 1/4, and the
         frame-only terms of the decoder and of the fused memory encoder."""
-        f4, f8, f16 = self.encoder(self.normalize(frame))
+        return self.features_of(*self.encoder(self.normalize(frame)))
+
+    def features_of(self, f4: torch.Tensor, f8: torch.Tensor, f16: torch.Tensor) -> FrameFeatures:
+        """``encode_frame`` from the encoder's outputs (f4, f8, f16): the heads and the frame-only terms, for a
+        caller that keeps the encoder's outputs (test-time adaptation, whose encoder is frozen)."""
         image_part = self.mask_encoder.image_part(f4, f8, f16) if self.config.memory_encoder == "fused" else None
         decoder_part = self.decoder.frame_part(self.value_q(f16), f8, f4)
         return FrameFeatures(self.key_q(f16), f16, f8, f4, decoder_part, image_part)
