@@ -10,7 +10,14 @@ from conftest import moving_square_clip
 
 from comfyui_cyclevos.cli import main
 from comfyui_cyclevos.config import AdaptConfig, GuardConfig, InferenceConfig
-from comfyui_cyclevos.cycle.adaptation import _EncoderCache, _prepare, adapt, cycle_loss, sample_clips
+from comfyui_cyclevos.cycle.adaptation import (
+    _EncoderCache,
+    _prepare,
+    adapt,
+    cycle_loss,
+    sample_clips,
+    spread_positions,
+)
 from comfyui_cyclevos.cycle.drift_guard import DriftGuard
 from comfyui_cyclevos.errors import InputError
 from comfyui_cyclevos.inference.video_adaptation import network_for_video
@@ -83,6 +90,16 @@ def test_every_keyframe_is_a_reference_forward_and_backward():
     assert starts == {0, 6} and backward and forward
     assert all(c[0] == k for c, _, k in clips)  # every clip starts at its keyframe
     assert all(abs(c[2] - c[1]) <= 3 for c, _, _ in clips)
+
+
+def test_t1_visits_every_part_of_the_video_once():
+    # 30 clips on a 31-frame video from frame 0: each frame 1..30 is some clip's t1, exactly once
+    g = torch.Generator().manual_seed(0)
+    positions = spread_positions(30, g)
+    assert sorted(int(u * 30) for u in positions) == list(range(30))
+    assert positions != sorted(positions)  # in random order: consecutive steps see different parts
+    clips = sample_clips(31, [0], batch=30, max_gap=3, flip=False, generator=g, positions=positions)
+    assert sorted(c[1] for c, _, _ in clips) == list(range(1, 31))
 
 
 def test_a_later_keyframe_alone_adapts_backward(net):

@@ -9,7 +9,9 @@ video's own frames adapts the weights to this video's object and background, as 
 mask-cycle consistency does for STCN (Bertrand et al., NeurIPS 2023).
 
 Every keyframe is a reference: a clip starts at a keyframe and runs forward or backward in time, so the
-masks an artist adds on later frames teach the network too. Several objects adapt jointly: each clip's
+masks an artist adds on later frames teach the network too. The clips' t1 are spread evenly over the video
+(``spread_positions``): with a few dozen clips, independent draws leave parts of the video unseen, and the
+result then depends on which parts the seed happened to draw. Several objects adapt jointly: each clip's
 objects are soft-aggregated as in training (``training.train.CycleLoss``), Eq. 4 averaged over the objects
 drawn on its keyframe.
 
@@ -128,16 +130,35 @@ def _prepare(frames: Iterable, keyframes: Mapping[int, np.ndarray], *, size: int
     return kept, ids, masks, drawn
 
 
-def sample_clips(frames: int, keys: list[int], *, batch: int, max_gap: int, flip: bool, generator: torch.Generator):
+def spread_positions(count: int, generator: torch.Generator) -> list[float]:
+    """``count`` positions in [0, 1), one in each of ``count`` equal strata, in random order (a Latin
+    hypercube): over the whole adaptation t1 visits every part of the video evenly, where independent draws
+    leave gaps and clusters that a few dozen clips do not average out."""
+    order = torch.randperm(count, generator=generator).double()
+    return ((order + torch.rand(count, generator=generator, dtype=torch.float64)) / count).tolist()
+
+
+def sample_clips(
+    frames: int,
+    keys: list[int],
+    *,
+    batch: int,
+    max_gap: int,
+    flip: bool,
+    generator: torch.Generator,
+    positions: list[float] | None = None,
+):
     """``batch`` clips, each (frame indices starting at a keyframe, flipped, the keyframe): a keyframe, a
-    direction with frames on that side, t1 anywhere on that side, t2 1..``max_gap`` frames further."""
+    direction with frames on that side, t1 on that side at ``positions[i]`` of its length (uniform when
+    None), t2 1..``max_gap`` frames further."""
     clips = []
-    for _ in range(batch):
+    for i in range(batch):
         k = keys[int(torch.randint(len(keys), (1,), generator=generator))]
         ways = [d for d in (1, -1) if 0 <= k + d < frames]
         d = ways[int(torch.randint(len(ways), (1,), generator=generator))]
         side = frames - 1 - k if d > 0 else k
-        t1 = k + d * (1 + int(torch.randint(side, (1,), generator=generator)))
+        u = torch.rand(1, generator=generator, dtype=torch.float64).item() if positions is None else positions[i]
+        t1 = k + d * (1 + min(side - 1, int(u * side)))
         t2 = min(max(t1 + d * (1 + int(torch.randint(max_gap, (1,), generator=generator))), 0), frames - 1)
         flipped = bool(flip and torch.rand(1, generator=generator).item() < 0.5)
         clips.append(([k, t1, t2], flipped, k))
@@ -204,13 +225,20 @@ def adapt(
             optimiser = torch.optim.Adam(params, lr=config.rate)
             generator = torch.Generator().manual_seed(config.seed)
             cache = _EncoderCache(work, kept, late_trained="encoder_late" in config.parts)
+            positions = spread_positions(config.steps * config.batch, generator)  # every clip's t1
             for step in range(config.steps):
                 if progress is not None:
                     progress(step, config.steps)
+                B = config.batch
                 clips = sample_clips(
-                    len(kept), keys, batch=config.batch, max_gap=config.max_gap, flip=config.flip, generator=generator
+                    len(kept),
+                    keys,
+                    batch=B,
+                    max_gap=config.max_gap,
+                    flip=config.flip,
+                    generator=generator,
+                    positions=positions[step * B : (step + 1) * B],
                 )
-                B = len(clips)
                 with precision.autocast():
                     every = cache.features(
                         [c[0][i] for i in range(CLIP_LENGTH) for c in clips],  # frame i of every clip, i-major
