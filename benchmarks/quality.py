@@ -8,6 +8,7 @@
     python benchmarks/quality.py --size 240,360,480       # a line per processing size
     python benchmarks/quality.py --precision fp32 --emulate bf16   # bf16 (or fp16) convolutions emulated in fp32
     python benchmarks/quality.py --adapt 0,15,30,60     # test-time adaptation: J&F, seconds, per sequence
+    python benchmarks/quality.py --adapt 30 --adapt-seeds 0,1,2   # ... and its spread over seeds
 
 Needs the DAVIS-2016 dev sequences beside the repo (../shared/data). Prints one line (a line per rate
 with --sweep: how the shipped rate was chosen).
@@ -28,7 +29,7 @@ from precision_emulation import DTYPES, rounded_convolutions
 
 from comfyui_cyclevos.config import AdaptConfig, CorrectionConfig, GuardConfig, InferenceConfig, MemoryConfig
 from comfyui_cyclevos.evaluation.evaluate import evaluate_folders
-from comfyui_cyclevos.media.davis import list_sequences
+from comfyui_cyclevos.media.davis import list_sequences, sequence_paths
 from comfyui_cyclevos.model.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
 from comfyui_cyclevos.runner import segment_davis
 from comfyui_cyclevos.runtime.device import pick_device
@@ -98,6 +99,10 @@ def main() -> None:
         "seconds of adaptation per video and frames/s of the rest, then J&F per sequence",
     )
     ap.add_argument("--adapt-rate", type=float, default=AdaptConfig.rate)
+    ap.add_argument("--adapt-batch", type=int, default=AdaptConfig.batch, help="clips per adaptation step")
+    ap.add_argument(
+        "--adapt-seeds", default="0", help="comma-separated seeds: a line each (with GC) and their mean, the spread"
+    )
     ap.add_argument("--no-adapt-guard", action="store_true", help="keep the adapted network whatever the guard says")
     ap.add_argument("--host-allocator", action="store_true", help=ALLOCATOR_HELP)
     a = ap.parse_args()
@@ -142,30 +147,44 @@ def run(a: argparse.Namespace) -> None:
 
 def adapt_rows(a: argparse.Namespace, net, weights: Path, alpha: float, device) -> None:
     """A line per adaptation steps value: dev J&F with and without correction, seconds of adaptation per
-    video, frames/s of the rest; then the J&F of each sequence with correction."""
+    video and per 100 frames, frames/s of the rest; a line per further seed (``--adapt-seeds``, with
+    correction only) and their mean; then the J&F of each sequence with correction."""
+    frames = sum(len(sequence_paths(a.data, n)[0]) for n in list_sequences(a.data))
+    seeds = [int(x) for x in a.adapt_seeds.split(",")]
     table = {}
     for steps in (int(x) for x in a.adapt.split(",")):
         guard = GuardConfig(enabled=not a.no_adapt_guard)
-        adapt = AdaptConfig(steps=steps, rate=a.adapt_rate, guard=guard)
-        rows = {}
-        results = {}
-        for gc in (False, True):
-            cfg = replace(gc_config(gc, alpha, not a.soft_memory, a.precision.split(",")[0]), adapt=adapt)
-            results[gc] = score(net, a.data, cfg, device, rows if gc else None)
-        table[steps] = rows
-        off, on = results[False], results[True]
-        print(
-            f"quality {a.data.name} ({weights.name}) adapt {steps} steps (rate {a.adapt_rate:g}, guard "
-            f"{'on' if guard.enabled else 'off'}): without GC J&F {off[2]:.3f} ({off[3]:.1f} fps); with GC J&F "
-            f"{on[2]:.3f} ({on[3]:.1f} fps); adaptation {on[4]:.1f} s per video | {machine()}",
-            flush=True,
-        )
+        means = []
+        for seed in seeds if steps else seeds[:1]:
+            adapt = AdaptConfig(steps=steps, rate=a.adapt_rate, batch=a.adapt_batch, seed=seed, guard=guard)
+            rows, results = {}, {}
+            for gc in (False, True) if seed == seeds[0] else (True,):
+                cfg = replace(gc_config(gc, alpha, not a.soft_memory, a.precision.split(",")[0]), adapt=adapt)
+                results[gc] = score(net, a.data, cfg, device, rows if gc else None)
+            table[(steps, seed)] = rows
+            on = results[True]
+            means.append(on[2])
+            per_100 = 100 * on[4] * len(rows) / frames
+            off = f"without GC J&F {results[False][2]:.3f} ({results[False][3]:.1f} fps); " if False in results else ""
+            print(
+                f"quality {a.data.name} ({weights.name}) adapt {steps} steps (rate {a.adapt_rate:g}, batch "
+                f"{a.adapt_batch}, seed {seed}, guard {'on' if guard.enabled else 'off'}): {off}with GC J&F "
+                f"{on[2]:.3f} ({on[3]:.1f} fps); adaptation {on[4]:.1f} s per video, {per_100:.1f} s per 100 frames"
+                f" | {machine()}",
+                flush=True,
+            )
+        if len(means) > 1:
+            print(
+                f"  adapt {steps} steps over seeds {a.adapt_seeds}: with GC J&F mean {sum(means) / len(means):.3f}"
+                f" (min {min(means):.3f}, max {max(means):.3f})",
+                flush=True,
+            )
     names = sorted(next(iter(table.values())))
     print("J&F with GC per sequence: " + ", ".join(names))
-    for steps, rows in table.items():
+    for (steps, seed), rows in table.items():
         cells = [f"{rows[n][0]:.3f}{'' if rows[n][2] == 'adapted' or not steps else ' (original kept)'}" for n in names]
         print(
-            f"  adapt {steps:>3}: "
+            f"  adapt {steps:>3} seed {seed}: "
             + ", ".join(cells)
             + f"  | adaptation s: {', '.join(f'{rows[n][1]:.0f}' for n in names)}"
         )

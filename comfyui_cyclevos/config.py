@@ -138,7 +138,7 @@ class GuardConfig:
 
 
 ADAPT_PARTS = ("decoder", "mask_encoder", "heads", "encoder_late")
-ADAPT_DEFAULT_STEPS = 30  # the CLI's and the nodes' default; the library's InferenceConfig() stays unadapted
+ADAPT_DEFAULT_STEPS = 60  # the CLI's and the nodes' default; the library's InferenceConfig() stays unadapted
 
 
 @dataclass
@@ -146,12 +146,13 @@ class AdaptConfig:
     """Test-time cyclic adaptation (``cycle/adaptation.py``): before a video is segmented, ``steps`` Adam steps
     of rate ``rate`` fine-tune a copy of the network with the cycle loss of Eq. 2-4 alone, on clips of
     ``batch`` triplets sampled from the video's own frames: a keyframe with its mask (every keyframe is a
-    reference, forward or backward in time), t1 anywhere on that side, t2 at most ``max_gap`` frames further;
+    reference, forward or backward in time), t1 on that side (the steps' t1 spread evenly over it), t2 at most
+    ``max_gap`` frames further;
     ``gamma`` (γ) as in Eq. 4. ``parts`` are the parts trained (the frozen encoder's features are computed
     once per frame); ``l2sp`` > 0 adds a penalty l2sp/2 · ||θ − θ₀||² toward the original weights.
     ``steps`` 0 turns adaptation off. ``seed`` makes it deterministic."""
 
-    steps: int = 30
+    steps: int = 60
     rate: float = 1e-4
     batch: int = 2
     max_gap: int = 10
@@ -204,6 +205,7 @@ class InferenceConfig:
         mem_capacity: int = MemoryConfig.capacity,
         adapt_steps: int = ADAPT_DEFAULT_STEPS,
         adapt_rate: float = AdaptConfig.rate,
+        adapt_batch: int = AdaptConfig.batch,
         adapt_guard: bool = True,
         checkpoint_rate: float | None = None,
     ) -> InferenceConfig:
@@ -220,7 +222,10 @@ class InferenceConfig:
                 enabled=bool(gc), every=int(gc_every), steps=int(gc_steps), rate=float(gc_rate)
             ),
             adapt=AdaptConfig(
-                steps=int(adapt_steps), rate=float(adapt_rate), guard=GuardConfig(enabled=bool(adapt_guard))
+                steps=int(adapt_steps),
+                rate=float(adapt_rate),
+                batch=int(adapt_batch),
+                guard=GuardConfig(enabled=bool(adapt_guard)),
             ),
         )
 

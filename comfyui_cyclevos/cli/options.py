@@ -104,6 +104,13 @@ def _inference_options(fn):
             help="Adam's learning rate for --adapt.",
         ),
         click.option(
+            "--adapt-batch",
+            type=click.IntRange(min=1),
+            default=AdaptConfig.batch,
+            show_default=True,
+            help="Clips of 3 frames per adaptation step; a step's time grows with it.",
+        ),
+        click.option(
             "--adapt-guard/--no-adapt-guard",
             default=True,
             show_default=True,
