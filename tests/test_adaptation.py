@@ -179,3 +179,13 @@ def test_a_nan_frame_is_refused_before_adaptation_trains_on_it(net):
             net, lambda: enumerate(floats), {0: labels[0]}, config=config, progress=lambda s, n: steps.append(s)
         )
     assert steps == []  # refused while the frames are read, before any step
+
+
+def test_the_log_says_whether_the_adapted_network_is_used(net, caplog):
+    # ComfyUI shows the INFO log: the artist sees the adaptation's time and the guard's decision
+    frames, labels = moving_square_clip(n=6)
+    config = InferenceConfig(size=SIZE, precision="fp32", adapt=AdaptConfig(steps=2, rate=1e-3))
+    with caplog.at_level("INFO", logger="cyclevos"):
+        chosen = network_for_video(net, lambda: enumerate(frames), {0: labels[0]}, config=config)
+    (line,) = [r.getMessage() for r in caplog.records if "adapted to the video" in r.getMessage()]
+    assert "(2 steps)" in line and chosen.decision.reason in line

@@ -125,8 +125,12 @@ def network_for_video(
         progress=progress,
     )
     if not config.adapt.guard.enabled:
-        return VideoAdaptation(result.net, result, None)
-    decision = guard_decision(
-        net, result.net, frames, keyframes, config=config, device=device, precision=precision, removals=removals
-    )
-    return VideoAdaptation(result.net if decision.use_adapted else net, result, decision)
+        chosen = VideoAdaptation(result.net, result, None)
+    else:
+        decision = guard_decision(
+            net, result.net, frames, keyframes, config=config, device=device, precision=precision, removals=removals
+        )
+        chosen = VideoAdaptation(result.net if decision.use_adapted else net, result, decision)
+    guard = "guard off" if chosen.decision is None else f"guard: {chosen.decision.reason}"
+    log.info("cyclevos: adapted to the video in %.1f s (%d steps); %s", result.seconds, len(result.losses), guard)
+    return chosen
