@@ -147,10 +147,9 @@ class AdaptConfig:
     of rate ``rate`` fine-tune a copy of the network with the cycle loss of Eq. 2-4 alone, on clips of
     ``batch`` triplets sampled from the video's own frames: a keyframe with its mask (every keyframe is a
     reference, forward or backward in time), t1 on that side (the steps' t1 spread evenly over it), t2 at most
-    ``max_gap`` frames further;
-    ``gamma`` (γ) as in Eq. 4. ``parts`` are the parts trained (the frozen encoder's features are computed
-    once per frame); ``l2sp`` > 0 adds a penalty l2sp/2 · ||θ − θ₀||² toward the original weights.
-    ``steps`` 0 turns adaptation off. ``seed`` makes it deterministic."""
+    ``max_gap`` frames further; ``gamma`` (γ) as in Eq. 4. ``parts`` are the parts trained (the frozen
+    encoder's features are computed once per frame); ``l2sp`` > 0 adds a penalty l2sp/2 · ||θ − θ₀||² toward
+    the original weights. ``steps`` 0 turns adaptation off. ``seed`` makes it deterministic."""
 
     steps: int = 60
     rate: float = 1e-4

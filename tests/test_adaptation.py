@@ -158,10 +158,11 @@ def test_segment_adapts_and_records_it(clip_folder, random_checkpoint, tmp_path)
     frames, mask = clip_folder
     out = tmp_path / "out"
     args = ["segment", str(frames), "--mask", str(mask), "--out", str(out), "--weights", str(random_checkpoint)]
-    r = CliRunner().invoke(main, [*args, "--size", "64", "--adapt", "3", "--adapt-rate", "1e-3"])
+    r = CliRunner().invoke(main, [*args, "--size", "64", "--adapt", "3", "--adapt-rate", "1e-3", "--adapt-batch", "1"])
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "cyclevos.json").read_text())
     assert summary["config"]["adapt"]["steps"] == 3 and summary["adaptation"]["steps"] == 3
+    assert summary["config"]["adapt"]["batch"] == 1
     assert summary["adaptation"]["used"] in ("adapted", "original") and "guard" in summary["adaptation"]
     r = CliRunner().invoke(main, [*args, "--size", "64", "--adapt", "0"])
     assert r.exit_code == 0, r.output
