@@ -22,6 +22,7 @@ import json
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from machine import ALLOCATOR_HELP, machine, set_allocator
@@ -29,7 +30,7 @@ from precision_emulation import DTYPES, rounded_convolutions
 
 from comfyui_cyclevos.config import AdaptConfig, CorrectionConfig, GuardConfig, InferenceConfig, MemoryConfig
 from comfyui_cyclevos.evaluation.evaluate import evaluate_folders
-from comfyui_cyclevos.media.davis import list_sequences, sequence_paths
+from comfyui_cyclevos.media.davis import list_sequences
 from comfyui_cyclevos.model.checkpoint import checkpoint_meta, default_weights_path, load_checkpoint
 from comfyui_cyclevos.runner import segment_davis
 from comfyui_cyclevos.runtime.device import pick_device
@@ -38,9 +39,17 @@ from comfyui_cyclevos.runtime.precision import pick_precision
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016" / "dev-480p"
 
 
-def score(net, data: Path, cfg: InferenceConfig, device, per_sequence: dict | None = None):
-    """Segment every sequence of ``data`` with ``cfg`` and score it: J, F, J&F, frames per second (after
-    adaptation) and the mean seconds of adaptation per sequence (0 without). ``per_sequence`` gets
+class Score(NamedTuple):
+    j: float
+    f: float
+    jf: float
+    fps: float  # after adaptation
+    adapt_seconds: float  # mean per sequence, 0 without adaptation
+    frames: int  # of all sequences
+
+
+def score(net, data: Path, cfg: InferenceConfig, device, per_sequence: dict | None = None) -> Score:
+    """Segment every sequence of ``data`` with ``cfg`` and score it. ``per_sequence`` gets
     {name: (J&F, adaptation seconds, the network used)}."""
     names = list_sequences(data)
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
@@ -52,7 +61,7 @@ def score(net, data: Path, cfg: InferenceConfig, device, per_sequence: dict | No
             run = runs[s.name]
             per_sequence[s.name] = (s.jf_mean, run.get("seconds", 0.0), run.get("used", "original"))
     adapt_seconds = sum(r.get("seconds", 0.0) for r in runs.values()) / len(names)
-    return ev.j_mean, ev.f_mean, ev.jf_mean, stats.fps, adapt_seconds
+    return Score(ev.j_mean, ev.f_mean, ev.jf_mean, stats.fps, adapt_seconds, stats.frames)
 
 
 def gc_config(
@@ -119,10 +128,10 @@ def run(a: argparse.Namespace) -> None:
     if a.sweep:
         for steps in (int(x) for x in a.sweep_steps.split(",")):
             for alpha in (float(x) for x in a.sweep.split(",")):
-                j, f, jf, fps = score(net, a.data, gc_config(True, alpha, not a.soft_memory, steps=steps), device)
+                s = score(net, a.data, gc_config(True, alpha, not a.soft_memory, steps=steps), device)
                 print(
                     f"quality {a.data.name} with GC N {steps} alpha {alpha:g}{' soft memory' if a.soft_memory else ''}{emulated}: "
-                    f"J {j:.3f} F {f:.3f} J&F {jf:.3f} ({fps:.1f} fps)",
+                    f"J {s.j:.3f} F {s.f:.3f} J&F {s.jf:.3f} ({s.fps:.1f} fps)",
                     flush=True,
                 )
         return
@@ -139,8 +148,8 @@ def run(a: argparse.Namespace) -> None:
             on = score(net, a.data, gc_config(True, alpha, not a.soft_memory, precision, size), device)
             print(
                 f"quality {a.data.name} ({len(list_sequences(a.data))} sequences, {weights.name}, size {size}, {name}{emulated}): "
-                f"without GC J {off[0]:.3f} F {off[1]:.3f} J&F {off[2]:.3f} ({off[3]:.1f} fps); "
-                f"with GC (alpha {alpha:g}{', soft memory' if a.soft_memory else ''}) J {on[0]:.3f} F {on[1]:.3f} J&F {on[2]:.3f} ({on[3]:.1f} fps) | {machine()}",
+                f"without GC J {off.j:.3f} F {off.f:.3f} J&F {off.jf:.3f} ({off.fps:.1f} fps); "
+                f"with GC (alpha {alpha:g}{', soft memory' if a.soft_memory else ''}) J {on.j:.3f} F {on.f:.3f} J&F {on.jf:.3f} ({on.fps:.1f} fps) | {machine()}",
                 flush=True,
             )
 
@@ -149,7 +158,6 @@ def adapt_rows(a: argparse.Namespace, net, weights: Path, alpha: float, device) 
     """A line per adaptation steps value: dev J&F with and without correction, seconds of adaptation per
     video and per 100 frames, frames/s of the rest; a line per further seed (``--adapt-seeds``, with
     correction only) and their mean; then the J&F of each sequence with correction."""
-    frames = sum(len(sequence_paths(a.data, n)[0]) for n in list_sequences(a.data))
     seeds = [int(x) for x in a.adapt_seeds.split(",")]
     table = {}
     for steps in (int(x) for x in a.adapt.split(",")):
@@ -163,13 +171,13 @@ def adapt_rows(a: argparse.Namespace, net, weights: Path, alpha: float, device) 
                 results[gc] = score(net, a.data, cfg, device, rows if gc else None)
             table[(steps, seed)] = rows
             on = results[True]
-            means.append(on[2])
-            per_100 = 100 * on[4] * len(rows) / frames
-            off = f"without GC J&F {results[False][2]:.3f} ({results[False][3]:.1f} fps); " if False in results else ""
+            means.append(on.jf)
+            per_100 = 100 * on.adapt_seconds * len(rows) / on.frames
+            off = f"without GC J&F {results[False].jf:.3f} ({results[False].fps:.1f} fps); " if False in results else ""
             print(
                 f"quality {a.data.name} ({weights.name}) adapt {steps} steps (rate {a.adapt_rate:g}, batch "
                 f"{a.adapt_batch}, seed {seed}, guard {'on' if guard.enabled else 'off'}): {off}with GC J&F "
-                f"{on[2]:.3f} ({on[3]:.1f} fps); adaptation {on[4]:.1f} s per video, {per_100:.1f} s per 100 frames"
+                f"{on.jf:.3f} ({on.fps:.1f} fps); adaptation {on.adapt_seconds:.1f} s per video, {per_100:.1f} s per 100 frames"
                 f" | {machine()}",
                 flush=True,
             )
